@@ -1,0 +1,277 @@
+"""Typed configuration: dataclasses, YAML presets, dotted ``key=value`` overrides.
+
+Every field has a type; a YAML file or override that names an unknown key or gives a
+value of the wrong type is rejected with the key, the value and what was expected,
+so that a typo never silently trains the wrong recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+from .errors import ConfigError  # noqa: E402  (re-exported)
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # ltcc | prcc | vcclothes | market1501 | msmt17 | synthetic | custom
+    root: str = "data/synthetic"
+    height: int = 256
+    width: int = 128
+    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    flip_prob: float = 0.5
+    padding: int = 10
+    erasing_prob: float = 0.5
+    num_instances: int = 4  # K of the P x K sampler
+    workers: int = 2
+    prcc_single_shot: bool = False  # PRCC: 10x seeded single-shot gallery instead of multi-shot
+    prcc_trials: int = 10
+    synth_ids: int = 120  # synthetic only: identities to generate when root is empty
+    synth_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "RN50-quickgelu"  # see scireid.models.list_models()
+    weights: str = "openai"  # openai | none | path to .safetensors/.bin/.pt
+    n_ctx: int = 4  # learnable tokens per prompt
+    sse: bool = True  # clothes prompts + orthogonalisation (stage 1) and T_ort prototypes
+    sim: bool = True  # semantic-guided interaction module (stage 2)
+    sim_attention: str = "nonlocal"  # nonlocal | self
+    sim_pooling: str = "mean"  # mean | similarity
+    sim_heads: int = 8
+
+
+@dataclass
+class Stage1Config:
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 3.5e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 5
+    warmup_lr: float = 1e-5
+    min_lr: float = 1e-6
+    lambda1: float = 1.0  # weight of (1 - S_id)
+    lambda2: float = 1.0  # weight of S_clo
+    contrastive_text: str = "ort"  # ort | id: which text feature enters L_i2t / L_t2i
+    normalize: bool = False  # CLIP-ReID: raw dot products, temperature 1
+    temperature: float = 1.0
+
+
+@dataclass
+class Stage2Config:
+    epochs: int = 120
+    batch_size: int = 64
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    bias_lr_factor: float = 2.0
+    warmup_epochs: int = 10
+    warmup_factor: float = 0.01
+    milestones: list[int] = field(default_factory=lambda: [40, 70])
+    lr_gamma: float = 0.1
+    label_smoothing: float = 0.1
+    id_weight: float = 0.25  # CLIP-ReID's CNN recipe
+    triplet_weight: float = 1.0
+    triplet_margin: float = 0.3
+    i2t_weight: float = 1.0
+    cal: bool = True
+    cal_weight: float = 1.0
+    cal_start_epoch: int = 45  # 5 epochs after the first lr decay
+    cal_lr: float = 3.5e-4
+    cal_scale: float = 16.0
+    cal_epsilon: float = 0.1
+    eval_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 128
+    flip: bool = False  # average features of the image and its mirror
+    rerank: bool = False
+    chunk: int = 1024  # query rows per block: bounds memory
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/default"
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 (or fp16 + scaler) autocast on GPU; CPU always fp32
+    deterministic: bool = False
+    compile: bool = False
+    tensorboard: bool = True
+    checkpoint_every: int = 1  # epochs
+    max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 truncates (smoke runs)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.name": ("ltcc", "prcc", "vcclothes", "market1501", "msmt17", "synthetic", "custom"),
+    "model.sim_attention": ("nonlocal", "self"),
+    "model.sim_pooling": ("mean", "similarity"),
+    "stage1.contrastive_text": ("ort", "id"),
+}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert ``value`` to ``typ`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(key, v, inner) for v in value]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        value = str(value)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(CHOICES[key])}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {typ}")  # pragma: no cover
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set ``section.key`` on ``cfg``; unknown sections or keys are errors."""
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{dotted}: expected section.key, sections are {', '.join(_field_types(Config))}")
+    section, key = parts
+    sections = _field_types(Config)
+    if section not in sections:
+        raise ConfigError(f"{dotted}: unknown section {section!r}; allowed: {', '.join(sections)}")
+    sub = getattr(cfg, section)
+    types_ = _field_types(type(sub))
+    if key not in types_:
+        raise ConfigError(f"{dotted}: unknown key {key!r}; allowed in {section}: {', '.join(types_)}")
+    setattr(sub, key, _coerce(dotted, value, types_[key]))
+
+
+def merge_dict(cfg: Config, data: dict[str, Any], source: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if section not in _field_types(Config):
+            raise ConfigError(f"{source}: unknown section {section!r}; allowed: {', '.join(_field_types(Config))}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping")
+        for key, value in values.items():
+            try:
+                set_value(cfg, f"{section}.{key}", value)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def list_variants() -> list[str]:
+    return sorted(p.stem for p in (PRESET_DIR / "variants").glob("*.yaml"))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    cand = PRESET_DIR / f"{name_or_path}.yaml"
+    if cand.exists():
+        return cand
+    raise ConfigError(f"config {name_or_path!r}: no such file and no preset of that name; presets: {', '.join(list_presets())}")
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return data or {}
+
+
+def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = (), variant: str | None = None) -> Config:
+    """Defaults <- preset YAML <- variant YAML <- ``key=value`` overrides."""
+    cfg = Config()
+    if preset:
+        path = resolve_preset(preset)
+        merge_dict(cfg, load_yaml(path), str(path))
+    if variant:
+        vpath = PRESET_DIR / "variants" / f"{variant}.yaml"
+        if not vpath.exists():
+            raise ConfigError(f"variant {variant!r} unknown; variants: {', '.join(list_variants())}")
+        merge_dict(cfg, load_yaml(vpath), str(vpath))
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        set_value(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return merge_dict(Config(), data, "saved config")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .io_utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+

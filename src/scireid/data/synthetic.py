@@ -1,0 +1,264 @@
+"""A procedural cloth-changing ReID dataset in LTCC's on-disk layout.
+
+The confounder is kept honest: clothes cover most pixels and come from one catalogue shared
+by every identity, so two people often wear the same outfit and one person changes outfits.
+What stays with a person is small: skin tone, hair colour and style, body proportions,
+shoes, glasses, a bag. Cameras differ in background, light, blur and noise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+log = logging.getLogger(__name__)
+
+H, W = 128, 64
+PALETTE = np.array([  # garment colours
+    (200, 30, 30), (30, 60, 170), (30, 140, 60), (230, 200, 40), (240, 240, 240), (25, 25, 25),
+    (120, 120, 120), (150, 80, 30), (230, 120, 170), (100, 40, 130), (250, 140, 20), (20, 150, 160),
+    (170, 200, 230), (90, 110, 40),
+])
+SKIN = np.array([(255, 224, 196), (234, 192, 160), (198, 145, 105), (141, 95, 65), (90, 60, 40)])
+HAIR = np.array([(20, 15, 10), (90, 60, 30), (200, 160, 80), (150, 50, 20), (180, 180, 180)])
+SHOES = np.array([(15, 15, 15), (240, 240, 240), (140, 30, 30), (40, 60, 120), (120, 90, 50)])
+
+
+@dataclass
+class Identity:
+    skin: int
+    hair: int
+    hair_style: int  # 0 short, 1 long, 2 ponytail, 3 bald
+    height: float  # body scale factor
+    build: float  # width factor
+    head: float
+    shoes: int
+    glasses: bool
+    bag: int  # 0 none, 1 backpack, 2 shoulder bag
+
+
+@dataclass
+class Outfit:
+    top: int
+    top_pattern: int  # 0 solid, 1 stripes, 2 checks, 3 logo
+    top2: int
+    long_sleeves: bool
+    bottom: int
+    bottom_pattern: int  # 0 solid, 1 stripes
+    bottom_kind: int  # 0 trousers, 1 shorts, 2 skirt
+
+
+@dataclass
+class Camera:
+    bg_top: tuple
+    bg_bottom: tuple
+    gain: float
+    tint: tuple
+    blur: float
+    noise: float
+
+
+def _rand_identity(rng) -> Identity:
+    return Identity(int(rng.integers(len(SKIN))), int(rng.integers(len(HAIR))), int(rng.integers(4)),
+                    float(rng.uniform(0.86, 1.0)), float(rng.uniform(0.8, 1.15)), float(rng.uniform(0.85, 1.15)),
+                    int(rng.integers(len(SHOES))), bool(rng.random() < 0.3), int(rng.choice(3, p=[0.6, 0.2, 0.2])))
+
+
+def _rand_outfit(rng) -> Outfit:
+    return Outfit(int(rng.integers(len(PALETTE))), int(rng.choice(4, p=[0.5, 0.2, 0.15, 0.15])),
+                  int(rng.integers(len(PALETTE))), bool(rng.random() < 0.5), int(rng.integers(len(PALETTE))),
+                  int(rng.choice(2, p=[0.8, 0.2])), int(rng.choice(3, p=[0.65, 0.2, 0.15])))
+
+
+def _rand_camera(rng) -> Camera:
+    c1 = tuple(int(v) for v in rng.integers(40, 220, 3))
+    c2 = tuple(int(v) for v in rng.integers(40, 220, 3))
+    return Camera(c1, c2, float(rng.uniform(0.7, 1.25)), tuple(float(v) for v in rng.uniform(0.85, 1.15, 3)),
+                  float(rng.uniform(0.0, 1.2)), float(rng.uniform(2, 10)))
+
+
+def _fill_pattern(draw, box, color, color2, pattern):
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, fill=color)
+    if pattern == 1:
+        for y in range(int(y0), int(y1), 4):
+            draw.rectangle((x0, y, x1, min(y + 1, y1)), fill=color2)
+    elif pattern == 2:
+        for y in range(int(y0), int(y1), 6):
+            for x in range(int(x0) + (y // 6 % 2) * 3, int(x1), 6):
+                draw.rectangle((x, y, min(x + 2, x1), min(y + 2, y1)), fill=color2)
+    elif pattern == 3:
+        cx, cy = (x0 + x1) / 2, y0 + (y1 - y0) * 0.35
+        draw.ellipse((cx - 4, cy - 4, cx + 4, cy + 4), fill=color2)
+
+
+def render(ident: Identity, outfit: Outfit, cam: Camera, rng) -> Image.Image:
+    """One person image: camera background, body from identity, garments from outfit, camera effects."""
+    img = Image.new("RGB", (W, H))
+    grad = np.linspace(0, 1, H)[:, None, None]
+    bg = (1 - grad) * np.array(cam.bg_top) + grad * np.array(cam.bg_bottom)
+    bg = np.repeat(bg, W, axis=1) + rng.normal(0, 6, (H, W, 3))
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+
+    view = int(rng.integers(3))  # 0 front, 1 back, 2 side
+    s = ident.height * rng.uniform(0.9, 1.05)
+    cx = W / 2 + rng.normal(0, 3)
+    top_y = 3 + rng.uniform(0, 5) + (1 - ident.height) * 30
+    bw = 32 * ident.build * (0.7 if view == 2 else 1.0)
+    head_r = 8.5 * ident.head
+    skin = tuple(int(v) for v in SKIN[ident.skin])
+    hair = tuple(int(v) for v in HAIR[ident.hair])
+    col = lambda i: tuple(int(v) for v in PALETTE[i])  # noqa: E731
+
+    hy = top_y + head_r
+    torso_y0 = hy + head_r + 1
+    torso_y1 = torso_y0 + 44 * s
+    leg_y1 = min(H - 3, torso_y1 + 52 * s)
+    # hair behind head (long / ponytail)
+    if ident.hair_style == 1:
+        d.rectangle((cx - head_r - 1, hy, cx + head_r + 1, hy + head_r * 2.4), fill=hair)
+    d.ellipse((cx - head_r, hy - head_r, cx + head_r, hy + head_r), fill=skin)
+    if ident.hair_style != 3:
+        d.chord((cx - head_r - 1, hy - head_r - 1, cx + head_r + 1, hy + head_r * (1.6 if view == 1 else 0.2)),
+                180, 360, fill=hair)
+    if ident.hair_style == 2:
+        d.ellipse((cx + head_r - 2, hy - 3, cx + head_r + 4, hy + 6), fill=hair)
+    if ident.glasses and view != 1:
+        d.rectangle((cx - head_r + 1, hy - 2, cx + head_r - 1, hy + 1), fill=(10, 10, 10))
+    # arms: sleeve colour down to the elbow or the wrist, skin below
+    arm_w = 7 * ident.build
+    for sx in (-1, 1):
+        ax0, ax1 = (cx - bw / 2 - arm_w, cx - bw / 2) if sx < 0 else (cx + bw / 2, cx + bw / 2 + arm_w)
+        if view == 2 and sx < 0:
+            continue
+        elbow = torso_y0 + (36 if outfit.long_sleeves else 14) * s
+        d.rectangle((ax0, torso_y0 + 1, ax1, elbow), fill=col(outfit.top))
+        d.rectangle((ax0, elbow, ax1, torso_y0 + 38 * s), fill=skin)
+    # legs / bottom garment
+    lw = bw / 2 - 1
+    knee = torso_y1 + (18 if outfit.bottom_kind == 1 else 44) * s
+    if outfit.bottom_kind == 2:
+        d.polygon([(cx - bw / 2, torso_y1), (cx + bw / 2, torso_y1), (cx + bw / 2 + 5, torso_y1 + 24 * s),
+                   (cx - bw / 2 - 5, torso_y1 + 24 * s)], fill=col(outfit.bottom))
+        knee = torso_y1 + 24 * s
+    for lx0 in (cx - bw / 2 + 1, cx + 1):
+        if outfit.bottom_kind != 2:
+            _fill_pattern(d, (lx0, torso_y1, lx0 + lw - 1, min(knee, leg_y1)), col(outfit.bottom),
+                          col(outfit.top2), outfit.bottom_pattern)
+        if knee < leg_y1:
+            d.rectangle((lx0 + 1, knee, lx0 + lw - 2, leg_y1), fill=skin)
+        d.rectangle((lx0 - 1, leg_y1 - 3, lx0 + lw, leg_y1 + 1), fill=tuple(int(v) for v in SHOES[ident.shoes]))
+    # torso / top garment
+    _fill_pattern(d, (cx - bw / 2, torso_y0, cx + bw / 2, torso_y1), col(outfit.top), col(outfit.top2),
+                  outfit.top_pattern if view != 1 or outfit.top_pattern != 3 else 0)
+    # bag
+    if ident.bag == 1 and view != 0:
+        bx = cx - bw / 2 - 3 if view == 2 else cx - bw / 3
+        d.rectangle((bx, torso_y0 + 4, bx + (8 if view == 2 else bw * 2 / 3), torso_y0 + 26 * s), fill=(60, 45, 30))
+    elif ident.bag == 2:
+        d.line((cx - bw / 2, torso_y0, cx + bw / 2, torso_y1 - 8), fill=(30, 30, 30), width=2)
+        d.rectangle((cx + bw / 2 - 2, torso_y1 - 12, cx + bw / 2 + 6, torso_y1 - 2), fill=(110, 20, 40))
+    # occasional occlusion by a foreground object
+    if rng.random() < 0.12:
+        oy = rng.uniform(H * 0.55, H * 0.8)
+        d.rectangle((0, oy, W, H), fill=tuple(int(v) for v in rng.integers(60, 200, 3)))
+    # camera: scale/viewpoint jitter, light, blur, noise
+    zoom = rng.uniform(0.92, 1.08)
+    if abs(zoom - 1) > 0.01:
+        big = img.resize((int(W * zoom), int(H * zoom)), Image.BILINEAR)
+        ox, oy = (big.width - W) // 2, (big.height - H) // 2
+        if zoom > 1:
+            img = big.crop((ox, oy, ox + W, oy + H))
+        else:
+            canvas = Image.new("RGB", (W, H), cam.bg_bottom)
+            canvas.paste(big, (-ox, -oy))
+            img = canvas
+    if cam.blur > 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(cam.blur))
+    arr = np.asarray(img, dtype=np.float32) * cam.gain * np.array(cam.tint, dtype=np.float32)
+    arr += rng.normal(0, cam.noise, arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, outfit_pool: int | None = None,
+             images_per_view: tuple[int, int] = (2, 4), progress: bool = False) -> Path:
+    """Write OUT/{train,query,test}/<pid>_<clothes>_c<cam>_<frame>.png (LTCC naming). Half the ids train."""
+    from tqdm import tqdm
+    import sys
+
+    out = Path(out)
+    for sub in ("train", "query", "test"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cams = [_rand_camera(rng) for _ in range(cameras)]
+    catalogue = [_rand_outfit(rng) for _ in range(outfit_pool or max(12, ids // 3))]
+    people = [_rand_identity(rng) for _ in range(ids)]
+    n_train = ids // 2
+    frame = 0
+    n_written = {"train": 0, "query": 0, "test": 0}
+    bar = tqdm(total=ids, desc="synth", disable=not (progress and sys.stderr.isatty()))
+    for pid, person in enumerate(people):
+        n_out = int(rng.integers(2, 6))
+        outfit_ids = rng.choice(len(catalogue), size=n_out, replace=False)
+        is_train = pid < n_train
+        query_cams_used: set = set()
+        for clothes_idx, oid in enumerate(outfit_ids):
+            n_cams = int(rng.integers(2, 5))
+            view_cams = rng.choice(cameras, size=n_cams, replace=False)
+            q_cam = None
+            if not is_train:  # one query per outfit, from a camera not yet used for this person's queries
+                free = [c for c in view_cams if c not in query_cams_used] or list(view_cams)
+                q_cam = int(free[0])
+                query_cams_used.add(q_cam)
+            for cam in view_cams:
+                n_img = int(rng.integers(images_per_view[0], images_per_view[1] + 1))
+                for k in range(n_img):
+                    img = render(person, catalogue[oid], cams[cam], rng)
+                    split = "train" if is_train else ("query" if (cam == q_cam and k == 0) else "test")
+                    name = f"{pid:03d}_{clothes_idx + 1}_c{cam + 1}_{frame:06d}.png"
+                    img.save(out / split / name, compress_level=1)
+                    n_written[split] += 1
+                    frame += 1
+        bar.update(1)
+    bar.close()
+    meta = {"generator": "scireid.synthetic", "ids": ids, "seed": seed, "cameras": cameras,
+            "outfit_catalogue": len(catalogue), "images": n_written,
+            "identities": [asdict(p) for p in people], "catalogue": [asdict(o) for o in catalogue]}
+    (out / "synthetic.json").write_text(json.dumps(meta, indent=1))
+    log.info("synthetic dataset: %s images in %s", n_written, out)
+    return out
+
+
+def is_generated(out: str | Path) -> bool:
+    return (Path(out) / "synthetic.json").is_file()
+
+
+def ensure_synthetic(root: str | Path, ids: int = 120, seed: int = 0) -> Path:
+    """Generate once; an existing dataset with other parameters is an error, not silently reused."""
+    root = Path(root)
+    meta_path = root / "synthetic.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("ids") != ids or meta.get("seed") != seed:
+            raise ValueError(f"{root} holds a synthetic set with ids={meta.get('ids')} seed={meta.get('seed')}, "
+                             f"not ids={ids} seed={seed}; choose another folder")
+        return root
+    tmp = root.with_name(root.name + ".partial")
+    if tmp.exists():
+        import shutil
+        shutil.rmtree(tmp)
+    generate(tmp, ids=ids, seed=seed, progress=True)
+    tmp.rename(root) if not root.exists() else _move_into(tmp, root)
+    return root
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    import shutil
+    for p in src.iterdir():
+        shutil.move(str(p), str(dst / p.name))
+    src.rmdir()
