@@ -1,0 +1,136 @@
+"""CLIP through open_clip, made ReID-ready (CLIP-ReID's surgery) and exposing what SCI needs.
+
+RN50: layer4 stride 2 -> 1 (the anti-alias AvgPools of its first block become identity; no
+weight changes), attention-pool positional embedding resized bilinearly to the input's grid.
+ViT: patch grid of the input size, positional embedding resized the same way.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+OPENCLIP_MODELS = ("RN50-quickgelu", "ViT-B-16-quickgelu", "RN50", "ViT-B-16")
+
+
+def list_models() -> list[str]:
+    return sorted([p.stem for p in CONFIG_DIR.glob("*.json")] + list(OPENCLIP_MODELS))
+
+
+def model_config(name: str) -> dict[str, Any]:
+    local = CONFIG_DIR / f"{name}.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    if name in OPENCLIP_MODELS:
+        import open_clip
+
+        return open_clip.get_model_config(name)
+    from ..errors import ConfigError
+
+    raise ConfigError(f"model.arch={name!r} unknown; available: {', '.join(list_models())}")
+
+
+def build_clip(name: str) -> nn.Module:
+    """Random-init open_clip CLIP of architecture ``name`` at its native (224) resolution."""
+    import open_clip
+
+    cfg = model_config(name)
+    return open_clip.model.CLIP(**cfg)
+
+
+def is_resnet(visual: nn.Module) -> bool:
+    return hasattr(visual, "attnpool")
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1 + s*s, C) -> (1 + h*w, C): class token kept, grid resized bilinearly (CLIP-ReID)."""
+    cls_tok, g = pos[:1], pos[1:]
+    s = int(math.sqrt(g.shape[0]))
+    if s * s != g.shape[0]:
+        raise ValueError(f"positional embedding of {g.shape[0]} tokens is not a square grid")
+    if (s, s) == tuple(grid):
+        return pos.clone()
+    g = g.reshape(1, s, s, -1).permute(0, 3, 1, 2)
+    g = F.interpolate(g.float(), size=grid, mode="bilinear", align_corners=False).to(pos.dtype)
+    return torch.cat([cls_tok, g.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)])
+
+
+def reid_surgery(visual: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """Apply CLIP-ReID's changes in place for a ``height`` x ``width`` input; returns the feature grid."""
+    if is_resnet(visual):
+        if height % 32 or width % 32:
+            raise ValueError(f"RN backbones need an input size that is a multiple of 32, got {height}x{width}")
+        block = visual.layer4[0]
+        block.avgpool = nn.Identity()
+        if block.downsample is not None:
+            block.downsample._modules["-1"] = nn.Identity()
+        grid = (height // 16, width // 16)
+        ap = visual.attnpool
+        ap.positional_embedding = nn.Parameter(resize_pos_embed(ap.positional_embedding.data, grid))
+    else:
+        ph, pw = visual.patch_size
+        if height % ph or width % pw:
+            raise ValueError(f"ViT needs an input size that is a multiple of {ph}, got {height}x{width}")
+        grid = (height // ph, width // pw)
+        visual.positional_embedding = nn.Parameter(resize_pos_embed(visual.positional_embedding.data, grid))
+        visual.grid_size = grid
+        visual.image_size = (height, width)
+    return grid
+
+
+class ReIDVisual(nn.Module):
+    """The surgically modified CLIP image tower, split so SIM can sit between the trunk and the pooling.
+
+    ``trunk(x)`` -> (mid, fmap, cls): the penultimate-stage feature (for the triplet loss, as
+    CLIP-ReID), the final map (B, C, H, W) and, for ViT, the class token. ``pool(fmap, cls)`` ->
+    (g, p): the global feature and the projected feature in CLIP's joint space.
+    """
+
+    def __init__(self, visual: nn.Module, height: int, width: int, surgery: bool = True):
+        super().__init__()
+        self.visual = visual
+        self.resnet = is_resnet(visual)
+        if surgery:
+            self.grid = reid_surgery(visual, height, width)
+        else:  # CLIP as released: only for checking our forward against open_clip's
+            stride = 32 if self.resnet else visual.patch_size[0]
+            self.grid = (height // stride, width // stride)
+        if self.resnet:
+            self.map_dim = visual.attnpool.k_proj.in_features
+            self.mid_dim = self.map_dim // 2
+            self.proj_dim = visual.attnpool.c_proj.out_features
+        else:
+            self.map_dim = self.mid_dim = visual.transformer.width
+            self.proj_dim = visual.proj.shape[1]
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        v = self.visual
+        if self.resnet:
+            x = v.stem(x.to(v.conv1.weight.dtype))
+            x = v.layer3(v.layer2(v.layer1(x)))
+            return x.mean((2, 3)), v.layer4(x), None
+        x = v._embeds(x)
+        blocks = v.transformer.resblocks
+        for blk in blocks[:-1]:
+            x = blk(x)
+        mid = x[:, 0]
+        x = v.ln_post(blocks[-1](x))
+        b, n, c = x.shape
+        fmap = x[:, 1:].transpose(1, 2).reshape(b, c, *self.grid)
+        return mid, fmap, x[:, 0]
+
+    def pool(self, fmap: torch.Tensor, cls: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.resnet:
+            return fmap.mean((2, 3)), self.visual.attnpool(fmap)
+        return cls, cls @ self.visual.proj
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mid, fmap, cls = self.trunk(x)
+        g, p = self.pool(fmap, cls)
+        return {"mid": mid, "fmap": fmap, "g": g, "p": p}

@@ -1,0 +1,152 @@
+"""The SCI model. With ``sse`` and ``sim`` off it computes CLIP-ReID's forward exactly."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import ReIDVisual, build_clip
+from .sim import SIM
+from .sse import identity_prototypes, orthogonalize
+from .text import PromptLearner, TextEncoder
+
+ID_PROMPT = ("A photo of a", "person.")
+CLOTHES_PROMPT = ("A photo of the", "clothes.")
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild the model without the training data (stored in checkpoints)."""
+
+    arch: str
+    num_pids: int
+    num_clothes: int
+    height: int
+    width: int
+    n_ctx: int = 4
+    sse: bool = True
+    sim: bool = True
+    sim_attention: str = "nonlocal"
+    sim_pooling: str = "mean"
+    sim_heads: int = 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _bn_neck(dim: int) -> nn.BatchNorm1d:
+    bn = nn.BatchNorm1d(dim)
+    bn.bias.requires_grad_(False)  # BNNeck: no shift
+    nn.init.ones_(bn.weight)
+    nn.init.zeros_(bn.bias)
+    return bn
+
+
+def _classifier(dim: int, n: int) -> nn.Linear:
+    fc = nn.Linear(dim, n, bias=False)
+    nn.init.normal_(fc.weight, std=0.001)
+    return fc
+
+
+class CosineClassifier(nn.Module):
+    """CAL's clothes classifier: cosine logits (the loss applies the scale)."""
+
+    def __init__(self, dim: int, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, dim).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+
+class SCIModel(nn.Module):
+    def __init__(self, spec: ModelSpec, clip: nn.Module | None = None):
+        super().__init__()
+        self.spec = spec
+        clip = clip if clip is not None else build_clip(spec.arch)
+        self.visual = ReIDVisual(clip.visual, spec.height, spec.width)
+        self.text = TextEncoder(clip)
+        self.token_embedding = clip.token_embedding
+        self.id_prompts = PromptLearner(spec.num_pids, self.token_embedding, *ID_PROMPT, n_ctx=spec.n_ctx)
+        self.clothes_prompts = (PromptLearner(spec.num_clothes, self.token_embedding, *CLOTHES_PROMPT, n_ctx=spec.n_ctx)
+                                if spec.sse else None)
+        v = self.visual
+        self.sim = SIM(v.map_dim, v.proj_dim, spec.sim_attention, spec.sim_pooling, spec.sim_heads) if spec.sim else None
+        # per-identity text prototypes (T_ort with SSE, else T_id), fixed after stage 1
+        self.register_buffer("prototypes", torch.zeros(spec.num_pids, v.proj_dim))
+        self.bottleneck = _bn_neck(v.map_dim)
+        self.bottleneck_proj = _bn_neck(v.proj_dim)
+        self.classifier = _classifier(v.map_dim, spec.num_pids)
+        self.classifier_proj = _classifier(v.proj_dim, spec.num_pids)
+        self.clothes_classifier = CosineClassifier(v.map_dim + v.proj_dim, spec.num_clothes)
+
+    @property
+    def feat_dim(self) -> int:
+        return self.visual.map_dim + self.visual.proj_dim
+
+    # ------------------------------------------------------------------ text side (stage 1)
+    def text_features(self, learner: PromptLearner, labels: torch.Tensor) -> torch.Tensor:
+        prompts, tok = learner(labels)
+        return self.text(prompts, tok)
+
+    def stage1_text(self, pids: torch.Tensor, clothes: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        t_id = self.text_features(self.id_prompts, pids)
+        out = {"t_id": t_id}
+        if self.spec.sse and clothes is not None:
+            t_clo = self.text_features(self.clothes_prompts, clothes)
+            out.update(t_clo=t_clo, t_ort=orthogonalize(t_id, t_clo))
+        return out
+
+    @torch.no_grad()
+    def compute_prototypes(self, pid2clothes: torch.Tensor, batch: int = 64) -> torch.Tensor:
+        """Frozen stage-2 targets: T_id, or with SSE T_id minus its clothes span (DESIGN.md §2)."""
+        dev = self.prototypes.device
+        pids = torch.arange(self.spec.num_pids, device=dev)
+        t_id = torch.cat([self.text_features(self.id_prompts, pids[i:i + batch]) for i in range(0, len(pids), batch)])
+        if self.spec.sse:
+            clo = torch.arange(self.spec.num_clothes, device=dev)
+            t_clo = torch.cat([self.text_features(self.clothes_prompts, clo[i:i + batch])
+                               for i in range(0, len(clo), batch)])
+            protos = identity_prototypes(t_id.float(), t_clo.float(), pid2clothes.to(dev))
+        else:
+            protos = t_id
+        self.prototypes.copy_(protos.float())
+        return self.prototypes
+
+    # ------------------------------------------------------------------ image side
+    def image_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """mid (for triplet), g, p' and the test feature; SIM (if on) refines the map and updates p."""
+        mid, fmap, cls = self.visual.trunk(x)
+        z = self.sim.refine_map(fmap) if self.sim is not None else fmap
+        g, p = self.visual.pool(z, cls)
+        if self.sim is not None:
+            p = self.sim.update(p, z, self.prototypes)
+        return {"mid": mid, "g": g, "p": p, "z": z}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.image_features(x)
+        g, p = f["g"].float(), f["p"].float()
+        out = {"mid": f["mid"].float(), "g": g, "p": p, "feat": torch.cat([g, p], dim=1)}
+        if self.training:
+            bn_g, bn_p = self.bottleneck(g), self.bottleneck_proj(p)
+            out.update(bn=torch.cat([bn_g, bn_p], 1), logits_g=self.classifier(bn_g), logits_p=self.classifier_proj(bn_p))
+        return out
+
+    @torch.no_grad()
+    def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised test feature concat(g, p') before the BN necks (CLIP-ReID's convention)."""
+        return F.normalize(self.forward(x)["feat"], dim=1)
+
+    def freeze_text(self) -> None:
+        for m in (self.text, self.token_embedding):
+            m.requires_grad_(False)
+
+
+def build_model(spec: ModelSpec, weights: str = "none") -> SCIModel:
+    from .weights import load_clip_weights
+
+    clip = build_clip(spec.arch)
+    load_clip_weights(clip, weights, spec.arch)  # at native resolution, before the surgery resizes anything
+    return SCIModel(spec, clip)

@@ -1,0 +1,92 @@
+"""Semantic-Guided Interaction Module (DESIGN.md §3, eq. 13-17)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NonLocal(nn.Module):
+    """Embedded-Gaussian non-local block; W_z's BN starts at zero so the block starts as identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        inner = channels // 2
+        self.theta = nn.Conv2d(channels, inner, 1)
+        self.phi = nn.Conv2d(channels, inner, 1)
+        self.g = nn.Conv2d(channels, inner, 1)
+        self.w_z = nn.Sequential(nn.Conv2d(inner, channels, 1), nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.w_z[1].weight)
+        nn.init.zeros_(self.w_z[1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        theta = self.theta(x).flatten(2).transpose(1, 2)  # B, N, C/2
+        phi = self.phi(x).flatten(2)  # B, C/2, N
+        g = self.g(x).flatten(2).transpose(1, 2)  # B, N, C/2
+        y = torch.softmax(theta @ phi, dim=-1) @ g  # eq. 13
+        y = y.transpose(1, 2).reshape(b, -1, h, w)
+        return self.w_z(y) + x  # eq. 14
+
+
+class SelfAttention2d(nn.Module):
+    """Plain multi-head self-attention over the map's tokens (the paper's Fig. 7 alternative)."""
+
+    def __init__(self, channels: int, heads: int = 8):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        nn.init.zeros_(self.attn.out_proj.weight)
+        nn.init.zeros_(self.attn.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        y, _ = self.attn(t, t, t, need_weights=False)
+        return x + y.transpose(1, 2).reshape(b, c, h, w)
+
+
+class TextVisualCrossAttention(nn.Module):
+    """Prototypes as queries, visual tokens as keys/values (eq. 15-16), pooled over prototypes."""
+
+    def __init__(self, text_dim: int, vis_dim: int, pooling: str = "mean"):
+        super().__init__()
+        self.w_q = nn.Linear(text_dim, text_dim)
+        self.w_k = nn.Linear(vis_dim, text_dim)
+        self.w_v = nn.Linear(vis_dim, text_dim)
+        self.pooling = pooling
+        self.scale = text_dim ** -0.5
+
+    def forward(self, protos: torch.Tensor, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """protos (K, D), z (B, C, H, W), p (B, D) -> r (B, D).
+
+        Pooling is linear in the attended values, so the (B, K, D) per-prototype outputs are never
+        formed: weights over prototypes are folded into the attention map first.
+        """
+        tokens = z.flatten(2).transpose(1, 2)  # B, N, C
+        q = self.w_q(protos)  # K, D
+        k, v = self.w_k(tokens), self.w_v(tokens)  # B, N, D
+        attn = torch.softmax(torch.einsum("kd,bnd->bkn", q, k) * self.scale, dim=-1)  # B, K, N
+        if self.pooling == "mean":
+            weights = attn.mean(1)
+        else:  # similarity-weighted: softmax(<p, T>) of the image's own pooled feature
+            w = torch.softmax(p @ protos.T, dim=-1)  # B, K
+            weights = torch.einsum("bk,bkn->bn", w, attn)
+        return torch.einsum("bn,bnd->bd", weights, v)
+
+
+class SIM(nn.Module):
+    def __init__(self, vis_dim: int, text_dim: int, attention: str = "nonlocal", pooling: str = "mean", heads: int = 8):
+        super().__init__()
+        self.context = NonLocal(vis_dim) if attention == "nonlocal" else SelfAttention2d(vis_dim, heads)
+        self.cross = TextVisualCrossAttention(text_dim, vis_dim, pooling)
+        self.gamma = nn.Parameter(torch.zeros(()))  # eq. 17 gate, starts closed
+
+    def refine_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.context(x)
+
+    def update(self, p: torch.Tensor, z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        """p' = p + gamma * r (eq. 17). No label enters: train and test run the same path."""
+        return p + self.gamma * self.cross(protos.to(z.dtype), z, p).to(p.dtype)
+
+
+__all__ = ["NonLocal", "SelfAttention2d", "TextVisualCrossAttention", "SIM", "F"]
