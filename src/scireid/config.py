@@ -110,7 +110,9 @@ class RunConfig:
     compile: bool = False
     tensorboard: bool = True
     checkpoint_every: int = 1  # epochs
+    checkpoint_steps: int = 0  # also checkpoint every N steps inside an epoch (0 = epoch ends only)
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 truncates (smoke runs)
+    stop_after_steps: int = 0  # stop (as if killed) after N steps: for testing resume
 
 
 @dataclass

@@ -54,11 +54,19 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        """``key`` is an index, or (index, seed) from SeededSampler: then the augmentation draws its
+        randomness from that seed alone, whatever worker runs it and whether or not the run resumed."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         r = self.records[i]
         img = read_image(r.path)
         if self.transform is not None:
-            img = self.transform(img)
+            if seed is None:
+                img = self.transform(img)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    img = self.transform(img)
         return img, r.pid, r.camid, r.clothes, i
 
 
@@ -127,8 +135,21 @@ class PKSampler(Sampler[int]):
         return self.p // self.world * self.k
 
 
-def seed_worker(worker_id: int) -> None:
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    import random
-    random.seed(s)
+class SeededSampler(Sampler):
+    """Wraps a PKSampler to yield (index, seed), seed = f(run seed, epoch, position in the global batch
+    order), so a sample gets the same augmentation under DDP as in one process, and after a resume."""
+
+    def __init__(self, sampler: PKSampler, seed: int):
+        self.sampler = sampler
+        self.seed = seed
+
+    def __iter__(self):
+        s = self.sampler
+        lb = s.local_batch_size
+        start = s.start_batch * lb
+        for lpos, idx in enumerate(s, start):
+            gpos = (lpos // lb) * lb * s.world + s.rank * lb + lpos % lb
+            yield idx, int(np.random.SeedSequence([self.seed, s.epoch, gpos]).generate_state(1)[0])
+
+    def __len__(self) -> int:
+        return len(self.sampler)

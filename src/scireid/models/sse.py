@@ -24,7 +24,7 @@ def sse_terms(t_id: torch.Tensor, t_clo: torch.Tensor, t_ort: torch.Tensor) -> t
 def sse_loss(t_id, t_clo, t_ort, lambda1: float = 1.0, lambda2: float = 1.0) -> tuple[torch.Tensor, dict]:
     """L_sse = lambda1 (1 - S_id) + lambda2 S_clo (eq. 9)."""
     s_id, s_clo = sse_terms(t_id, t_clo, t_ort)
-    return lambda1 * (1 - s_id) + lambda2 * s_clo, {"S_id": float(s_id), "S_clo": float(s_clo)}
+    return lambda1 * (1 - s_id) + lambda2 * s_clo, {"S_id": s_id.item(), "S_clo": s_clo.item()}
 
 
 @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Training engine shared by stage 1 and stage 2, checkpoints, devices, evaluation of runs."""

@@ -1,0 +1,75 @@
+"""Checkpoints: weights as safetensors (with the model spec in metadata), trainer state loadable
+with ``torch.load(weights_only=True)``, both swapped in atomically as one directory."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+from ..io_utils import atomic_write
+
+
+def save_weights(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    md = {k: json.dumps(v) for k, v in meta.items()}
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=md))
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), "pt") as f:
+            md = f.metadata() or {}
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({e})") from None
+    return {k: json.loads(v) for k, v in md.items()}
+
+
+def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) -> dict[str, Any]:
+    meta = read_meta(path)
+    sd = load_file(str(path))
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{path}: does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(sd, strict=False)
+    return meta
+
+
+def save_state(dirpath: str | Path, model: torch.nn.Module, meta: dict[str, Any], state: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` + ``state.pt`` into a temp dir, then swap it in for ``dirpath``."""
+    dirpath = Path(dirpath)
+    tmp = dirpath.with_name(f".{dirpath.name}.tmp")
+    old = dirpath.with_name(f".{dirpath.name}.old")
+    for p in (tmp, old):
+        if p.exists():
+            shutil.rmtree(p)
+    tmp.mkdir(parents=True)
+    save_weights(tmp / "model.safetensors", model, meta)
+    atomic_write(tmp / "state.pt", lambda t: torch.save(state, t))
+    if dirpath.exists():
+        os.replace(dirpath, old)
+    os.replace(tmp, dirpath)
+    if old.exists():
+        shutil.rmtree(old)
+    return dirpath
+
+
+def load_state(dirpath: str | Path) -> dict[str, Any]:
+    p = Path(dirpath) / "state.pt"
+    if not p.is_file():
+        raise CheckpointError(f"{dirpath}: no trainer state (state.pt) to resume from")
+    return torch.load(p, map_location="cpu", weights_only=True)

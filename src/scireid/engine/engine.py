@@ -1,0 +1,175 @@
+"""One training loop for both stages: epochs, steps, precision, checkpoints, resume, logging.
+
+A stage is a ``Task``: it owns its optimizers, its per-epoch learning rates, its batches and
+its loss. The engine owns everything else, so a fix here fixes both stages.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+from tqdm import tqdm
+
+from ..errors import TrainingDiverged
+from ..io_utils import atomic_write_text
+from .checkpoint import load_state, save_state
+from .distributed import DistContext
+
+log = logging.getLogger("scireid")
+
+
+class Task(Protocol):
+    name: str
+    epochs: int
+    model: torch.nn.Module  # what gets checkpointed
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+    def set_epoch(self, epoch: int, start_batch: int) -> int: ...  # sets lrs, returns number of batches
+    def batches(self) -> Iterator[Any]: ...
+    def step(self, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, float], int]: ...  # loss, terms, n images
+    def meta(self) -> dict[str, Any]: ...
+    def end_epoch(self, epoch: int) -> dict[str, Any]: ...  # e.g. evaluation results
+
+
+class Engine:
+    def __init__(self, run_dir: Path, ctx: DistContext, amp: bool = True, checkpoint_every: int = 1,
+                 checkpoint_steps: int = 0, max_steps_per_epoch: int = 0, tb_writer=None, stop_after_steps: int = 0):
+        self.run_dir = Path(run_dir)
+        self.ctx = ctx
+        self.amp = amp and ctx.device.type == "cuda"
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_steps = checkpoint_steps
+        self.max_steps = max_steps_per_epoch
+        self.tb = tb_writer
+        self.stop_after_steps = stop_after_steps  # testing hook: simulate a kill after N steps
+        self._steps_done = 0
+
+    def ckpt_dir(self, task: Task) -> Path:
+        return self.run_dir / task.name / "last"
+
+    def _save(self, task: Task, epoch: int, batch: int, scaler) -> None:
+        if not self.ctx.is_main:
+            return
+        state = {
+            "epoch": epoch, "batch": batch,
+            "optimizers": {k: o.state_dict() for k, o in task.optimizers().items()},
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        save_state(self.ckpt_dir(task), task.model, task.meta() | {"epoch": epoch, "batch": batch}, state)
+
+    def _resume(self, task: Task, scaler) -> tuple[int, int]:
+        d = self.ckpt_dir(task)
+        if not (d / "state.pt").is_file():
+            return 0, 0
+        from .checkpoint import load_weights
+
+        meta = load_weights(d / "model.safetensors", task.model)
+        _check_spec(meta, task.meta(), d)
+        if hasattr(task, "restore"):
+            task.restore(meta)
+        st = load_state(d)
+        for k, o in task.optimizers().items():
+            o.load_state_dict(st["optimizers"][k])
+        if scaler is not None and st["scaler"]:
+            scaler.load_state_dict(st["scaler"])
+        torch.set_rng_state(st["torch_rng"])
+        if st["cuda_rng"]:
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
+        log.info("%s: resuming at epoch %d, batch %d from %s", task.name, st["epoch"] + 1, st["batch"], d)
+        return st["epoch"], st["batch"]
+
+    def run(self, task: Task, resume: bool = False) -> None:
+        scaler = None
+        if self.amp and not torch.cuda.is_bf16_supported():
+            scaler = torch.amp.GradScaler("cuda")
+        start_epoch, start_batch = self._resume(task, scaler) if resume else (0, 0)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        for epoch in range(start_epoch, task.epochs):
+            n_batches = task.set_epoch(epoch, start_batch)
+            if self.max_steps:
+                n_batches = min(n_batches, self.max_steps)
+            sums: dict[str, float] = {}
+            n_img, n_steps, t0 = 0, 0, time.time()
+            bar = tqdm(total=n_batches, initial=start_batch, desc=f"{task.name} {epoch + 1}/{task.epochs}", leave=False,
+                       disable=not (self.ctx.is_main and sys.stderr.isatty()))
+            b = start_batch
+            for batch in task.batches():
+                if b >= n_batches:
+                    break
+                loss, terms, bs = task.step(batch, epoch)
+                if not math.isfinite(loss.item()):
+                    last = self.ckpt_dir(task)
+                    raise TrainingDiverged(
+                        f"{task.name} epoch {epoch + 1} step {b + 1}: loss is {loss.item()} "
+                        f"({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); last good checkpoint: "
+                        f"{last if last.exists() else 'none yet'}")
+                self._backward_step(task, loss, scaler)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_img += bs * self.ctx.world
+                n_steps += 1
+                b += 1
+                self._steps_done += 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v / n_steps:.3f}" for k, v in list(sums.items())[:4]} |
+                                {"img/s": f"{n_img / max(time.time() - t0, 1e-9):.0f}"})
+                if self.checkpoint_steps and b % self.checkpoint_steps == 0 and b < n_batches:
+                    self._save(task, epoch, b, scaler)
+                if self.stop_after_steps and self._steps_done >= self.stop_after_steps:
+                    raise KeyboardInterrupt(f"stopped after {self._steps_done} steps (run.stop_after_steps)")
+            bar.close()
+            start_batch = 0
+            dt = time.time() - t0
+            record: dict[str, Any] = {"stage": task.name, "epoch": epoch + 1,
+                                      **{k: v / max(n_steps, 1) for k, v in sums.items()},
+                                      "img_per_s": n_img / max(dt, 1e-9), "seconds": dt}
+            record.update(task.end_epoch(epoch))
+            if self.ctx.is_main:
+                log.info("%s epoch %d/%d: %s", task.name, epoch + 1, task.epochs,
+                         ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if self.tb is not None:
+                    for k, v in record.items():
+                        if isinstance(v, (int, float)) and k not in ("epoch",):
+                            self.tb.add_scalar(f"{task.name}/{k}", v, epoch + 1)
+                        elif isinstance(v, dict):
+                            for proto, res in v.items():
+                                if isinstance(res, dict):
+                                    for m in ("R-1", "mAP"):
+                                        if m in res:
+                                            self.tb.add_scalar(f"{task.name}/{proto}/{m}", res[m], epoch + 1)
+            if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == task.epochs:
+                self._save(task, epoch + 1, 0, scaler)
+
+    def _backward_step(self, task: Task, loss: torch.Tensor, scaler) -> None:
+        opt = task.optimizers()["main"]
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+
+def _check_spec(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    """Same architecture, class counts and image size, or one clear error."""
+    a, b = saved.get("spec", {}), current.get("spec", {})
+    for key in ("arch", "num_pids", "num_clothes", "height", "width", "sse", "sim", "sim_attention"):
+        if key in a and key in b and a[key] != b[key]:
+            from ..errors import CheckpointError
+            raise CheckpointError(f"{where}: checkpoint has {key}={a[key]!r} but the config gives {b[key]!r}")
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

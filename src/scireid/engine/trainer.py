@@ -1,0 +1,213 @@
+"""``scireid train``: run directory, dataset, model, then stage 1 and/or stage 2 through one engine."""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ..config import Config, config_from_dict, save_config
+from ..data.datasets import build_dataset
+from ..data.records import ReIDDataset
+from ..errors import CheckpointError, ConfigError
+from ..models.sci import ModelSpec, SCIModel, build_model
+from .checkpoint import load_weights, save_weights
+from .distributed import DistContext, barrier, convert_batchnorm, setup
+from .engine import Engine, write_json
+from .tasks import Stage1Task, Stage2Task, stage1_features
+
+log = logging.getLogger("scireid")
+
+
+def load_dataset(cfg: Config) -> ReIDDataset:
+    d = cfg.data
+    if d.name == "synthetic" and not Path(d.root).exists():
+        from ..data.synthetic import ensure_synthetic
+        ensure_synthetic(d.root, ids=d.synth_ids, seed=d.synth_seed)
+    kw: dict[str, Any] = {}
+    if d.name == "prcc":
+        kw = {"single_shot": d.prcc_single_shot, "trials": d.prcc_trials, "seed": cfg.run.seed}
+    return build_dataset(d.name, d.root, **kw)
+
+
+def model_spec(cfg: Config, ds: ReIDDataset) -> ModelSpec:
+    m = cfg.model
+    return ModelSpec(m.arch, ds.num_train_pids, ds.num_train_clothes, cfg.data.height, cfg.data.width, m.n_ctx,
+                     m.sse, m.sim, m.sim_attention, m.sim_pooling, m.sim_heads)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def environment(cfg: Config) -> dict[str, Any]:
+    import open_clip
+
+    from .. import __version__
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"scireid": __version__, "git_commit": commit, "python": platform.python_version(),
+            "platform": platform.platform(), "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "seed": cfg.run.seed, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+
+
+def prepare_run_dir(cfg: Config, resume: bool, ctx: DistContext) -> Path:
+    run = Path(cfg.run.out)
+    saved = run / "config.yaml"
+    if ctx.is_main:
+        if saved.exists():
+            if not resume and any((run / s).exists() for s in ("stage1", "stage2", "stage1.safetensors")):
+                raise ConfigError(f"run.out={run} already holds a run; pass --resume to continue it or choose another --out")
+            if resume:
+                old = config_from_dict(yaml.safe_load(saved.read_text())).to_dict()
+                new = cfg.to_dict()
+                for sec in new:
+                    if sec == "run":
+                        continue
+                    for k in new[sec]:
+                        if old[sec][k] != new[sec][k]:
+                            raise ConfigError(f"--resume: {sec}.{k} is {new[sec][k]!r} but the run in {run} used {old[sec][k]!r}")
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, saved)
+        write_json(run / "env.json", environment(cfg))
+        fh = logging.FileHandler(run / "log.txt")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+    barrier(ctx)
+    return run
+
+
+def _tb(cfg: Config, run: Path, ctx: DistContext):
+    if not (ctx.is_main and cfg.run.tensorboard):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: scalars go to metrics.jsonl only (pip install tensorboard)")
+        return None
+    return SummaryWriter(str(run / "tb"))
+
+
+def train(cfg: Config, stage: str = "all", resume: bool = False) -> dict[str, Any]:
+    """Train the configured variant; returns the final evaluation (stage 2) or {}."""
+    ctx = setup(cfg.run.device)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    run = prepare_run_dir(cfg, resume, ctx)
+    ds = load_dataset(cfg)
+    spec = model_spec(cfg, ds)
+    log.info("dataset %s: %d train images, %d identities, %d clothes; model %s (sse=%s sim=%s cal=%s)", ds.name,
+             len(ds.train), ds.num_train_pids, ds.num_train_clothes, spec.arch, spec.sse, spec.sim, cfg.stage2.cal)
+    model = build_model(spec, cfg.model.weights).to(ctx.device)
+    tb = _tb(cfg, run, ctx)
+    engine = Engine(run, ctx, cfg.run.amp, cfg.run.checkpoint_every, cfg.run.checkpoint_steps,
+                    cfg.run.max_steps_per_epoch, tb, cfg.run.stop_after_steps)
+    stage1_file = run / "stage1.safetensors"
+    result: dict[str, Any] = {}
+    try:
+        if stage in ("1", "all") and not (resume and stage1_file.exists()):
+            run_stage1(model, ds, cfg, ctx, engine, run, resume)
+        if stage in ("2", "all"):
+            if not stage1_file.exists():
+                raise CheckpointError(f"{stage1_file}: stage 1 has not been run in {run}; run --stage 1 (or all) first")
+            from .checkpoint import read_meta
+            _same_spec(read_meta(stage1_file).get("spec", {}), spec, stage1_file)
+            load_weights(stage1_file, model)
+            result = run_stage2(model, ds, cfg, ctx, engine, run, resume)
+    finally:
+        if tb is not None:
+            tb.close()
+    return result
+
+
+def _same_spec(saved: dict, spec: ModelSpec, where: Path) -> None:
+    for k, v in spec.to_dict().items():
+        if k in saved and saved[k] != v:
+            raise CheckpointError(f"{where}: checkpoint has {k}={saved[k]!r} but the config gives {v!r}")
+
+
+def run_stage1(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, engine: Engine, run: Path,
+               resume: bool) -> None:
+    cache = run / "stage1_features.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    from ..io_utils import atomic_write
+    feats = None
+    if cache.exists():
+        c = load_file(str(cache))
+        if c["feats"].shape[0] == len(ds.train):
+            feats = c["feats"]
+    if feats is None:
+        feats = stage1_features(model, ds, cfg, ctx)
+        if ctx.is_main:
+            atomic_write(cache, lambda tmp: save_file({"feats": feats.contiguous()}, tmp))
+    pids = torch.tensor([r.pid for r in ds.train])
+    clothes = torch.tensor([r.clothes for r in ds.train])
+    task = Stage1Task(model, feats, pids, clothes, cfg, ctx)
+    engine.run(task, resume)
+    model.compute_prototypes(torch.as_tensor(ds.pid2clothes))
+    if ctx.is_main:
+        save_weights(run / "stage1.safetensors", model, {"stage": "stage1", "spec": model.spec.to_dict(),
+                                                         "config": cfg.to_dict()})
+        log.info("stage 1 done: prompts and %d prototypes in %s", model.spec.num_pids, run / "stage1.safetensors")
+    barrier(ctx)
+
+
+def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, engine: Engine, run: Path,
+               resume: bool) -> dict[str, Any]:
+    from .evaluation import evaluate_model
+
+    meta_base = {"spec": model.spec.to_dict(), "config": cfg.to_dict(),
+                 "pixel_mean": cfg.data.pixel_mean, "pixel_std": cfg.data.pixel_std}
+
+    def evaluate(epoch: int) -> dict[str, Any] | None:
+        res = evaluate_model(model, ds, cfg, ctx)
+        if res is None:
+            return None
+        if ctx.is_main and (not task.best or res["score"] > task.best["score"]):
+            save_weights(run / "model_best.safetensors", model,
+                         meta_base | {"stage": "stage2", "epoch": epoch + 1, "results": res["results"]})
+        return res
+
+    wrap = None
+    if ctx.enabled:
+        convert_batchnorm(model)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        def wrap(m):
+            DDP._set_params_and_buffers_to_ignore_for_model(m, ["clothes_classifier.weight"])
+            return DDP(m, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if cfg.run.compile:
+        model.visual.trunk = torch.compile(model.visual.trunk)  # keeps state-dict names intact
+    task = Stage2Task(model, ds, cfg, ctx, evaluate, wrap)
+    engine.run(task, resume)
+    result: dict[str, Any] = {}
+    if ctx.is_main:
+        last_eval = task.last_eval or {}
+        save_weights(run / "model_last.safetensors", model,
+                     meta_base | {"stage": "stage2", "epoch": cfg.stage2.epochs, "results": last_eval.get("results", {})})
+        result = {"last": last_eval.get("results", {}), "best": task.best, "selection": last_eval.get("protocol")}
+        write_json(run / "results.json", result)
+        if task.best:
+            log.info("best checkpoint by %s R-1: epoch %d (%.1f); last epoch reported above", task.best["protocol"],
+                     task.best["epoch"], task.best["score"])
+    barrier(ctx)
+    return result

@@ -1,0 +1,159 @@
+"""The two-stage engine end to end on a tiny synthetic set with a tiny CLIP, on CPU."""
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import scireid
+from scireid.cli import main
+from scireid.config import load_config
+from scireid.data.synthetic import generate
+from scireid.engine.trainer import train
+from scireid.errors import CheckpointError, ConfigError, TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn") / "data", ids=8, seed=5)
+
+
+def tiny_cfg(root, out, *extra):
+    return load_config("synthetic", [
+        f"data.root={root}", f"run.out={out}", "data.height=64", "data.width=32", "data.num_instances=4",
+        "stage1.epochs=2", "stage1.batch_size=16", "stage1.warmup_epochs=1",
+        "stage2.epochs=3", "stage2.batch_size=16", "stage2.warmup_epochs=1", "stage2.milestones=[2]",
+        "stage2.cal_start_epoch=1", "stage2.eval_every=1", "run.max_steps_per_epoch=3", "run.tensorboard=false",
+        "eval.batch_size=64", *extra])
+
+
+@pytest.fixture(scope="module")
+def full_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    res = train(tiny_cfg(data_root, out))
+    return out, res
+
+
+def test_end_to_end_files_and_protocols(full_run, capsys):
+    out, res = full_run
+    for f in ("config.yaml", "env.json", "log.txt", "metrics.jsonl", "stage1.safetensors", "stage1_features.safetensors",
+              "model_last.safetensors", "model_best.safetensors", "results.json"):
+        assert (out / f).exists(), f
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in recs] == ["stage1"] * 2 + ["stage2"] * 3
+    s2 = [r for r in recs if r["stage"] == "stage2"]
+    assert all(set(r["eval"]) == {"general", "cloth-changing"} for r in s2)
+    assert "cal" not in s2[0] and "cal" in s2[1] and "clothes_acc" in s2[1]  # CAL starts at epoch index 1
+    assert s2[-1]["gamma"] != 0.0  # the SIM gate moved
+    assert "S_id" in recs[0] and "sse" in recs[0]
+    for proto in ("general", "cloth-changing"):
+        r = res["last"][proto]
+        assert all(np.isfinite(r[k]) for k in ("R-1", "R-5", "R-10", "R-20", "mAP", "mINP"))
+    env = json.loads((out / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["seed"] == 1
+    # scireid eval reproduces the stored last-epoch numbers from the checkpoint alone
+    capsys.readouterr()
+    assert main(["eval", str(out / "model_last.safetensors"), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["cloth-changing"]["mAP"] == pytest.approx(res["last"]["cloth-changing"]["mAP"], abs=1e-6)
+
+
+def test_load_and_embed(full_run, data_root):
+    out, _ = full_run
+    model = scireid.load(out, device="cpu")
+    paths = sorted((data_root / "query").iterdir())[:3]
+    f = model.embed([str(p) for p in paths])
+    assert f.shape == (3, model.dim) and torch.allclose(f.norm(dim=1), torch.ones(3), atol=1e-5)
+    from PIL import Image
+    g = model.embed([Image.open(paths[0])])
+    assert torch.allclose(g[0], f[0], atol=1e-6)
+
+
+def test_resume_after_kill_is_bit_identical(data_root, tmp_path, full_run):
+    ref_dir, _ = full_run
+    out = tmp_path / "killed"
+    cfg = tiny_cfg(data_root, out, "run.stop_after_steps=10", "run.checkpoint_steps=1")  # dies mid stage-2 epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    st = torch.load(out / "stage2" / "last" / "state.pt", weights_only=True)
+    assert (st["epoch"], st["batch"]) == (1, 1)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_cfg(data_root, out))
+    train(tiny_cfg(data_root, out), resume=True)
+    a = load_file(str(ref_dir / "model_last.safetensors"))
+    b = load_file(str(out / "model_last.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+def test_resume_rejects_changed_config(full_run, data_root):
+    out, _ = full_run
+    with pytest.raises(ConfigError, match="model.sim_attention"):
+        train(tiny_cfg(data_root, out, "model.sim_attention=self"), resume=True)
+
+
+def test_stage2_checks_stage1_checkpoint(full_run, data_root, tmp_path):
+    out, _ = full_run
+    other = tmp_path / "other"
+    other.mkdir()
+    import shutil
+    shutil.copy(out / "stage1.safetensors", other / "stage1.safetensors")
+    with pytest.raises(CheckpointError, match="height=64 but the config gives 128"):
+        train(tiny_cfg(data_root, other, "data.height=128"), stage="2")
+
+
+def test_nan_loss_stops_with_step_and_terms(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, tmp_path / "nan", "stage1.temperature=0", "stage1.epochs=1")
+    with pytest.raises(TrainingDiverged, match=r"stage1 epoch 1 step 1: loss is nan \(i2t=nan.*last good checkpoint: none yet"):
+        train(cfg, stage="1")
+
+
+def test_baseline_variant_trains(data_root, tmp_path):
+    cfg = load_config("synthetic", variant="baseline")
+    base = tiny_cfg(data_root, tmp_path / "b", "model.sse=false", "model.sim=false", "stage2.cal=false",
+                    "stage1.contrastive_text=id", "stage2.epochs=1", "stage1.epochs=1")
+    assert (cfg.model.sse, cfg.model.sim, cfg.stage2.cal) == (base.model.sse, base.model.sim, base.stage2.cal)
+    res = train(base)
+    assert res["last"]["general"]["num_valid"] > 0
+    sd = load_file(str(tmp_path / "b" / "model_last.safetensors"))
+    assert not any(k.startswith(("sim.", "clothes_prompts.")) for k in sd)
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _ddp_worker(rank, world, port, root, out, q):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    res = train(tiny_cfg(root, out, "run.device=cpu", "stage2.epochs=2"))
+    if rank == 0:
+        q.put(json.dumps(res))
+    import torch.distributed as dist
+    dist.destroy_process_group()
+
+
+def test_ddp_two_process_gloo_matches_single_process(data_root, tmp_path):
+    import torch.multiprocessing as mp
+    torch.set_num_threads(1)
+    single = train(tiny_cfg(data_root, tmp_path / "single", "run.device=cpu", "stage2.epochs=2"))
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(data_root), str(tmp_path / "ddp"), q), nprocs=2,
+                       join=True, start_method="spawn")
+    ddp = json.loads(q.get(timeout=5))
+    for proto in ("general", "cloth-changing"):
+        for k in ("R-1", "mAP"):
+            assert ddp["last"][proto][k] == pytest.approx(single["last"][proto][k], abs=0.5), (proto, k)
+    a = load_file(str(tmp_path / "single" / "model_last.safetensors"))
+    b = load_file(str(tmp_path / "ddp" / "model_last.safetensors"))
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst < 1e-3, worst
