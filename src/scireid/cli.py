@@ -72,7 +72,7 @@ def cmd_eval(a) -> int:
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
-    run_demo(a.out, quick=a.quick, seed=a.seed, overrides=a.overrides)
+    run_demo(a.out, quick=a.quick, seed=a.seed, overrides=a.overrides, ids=a.ids)
     return 0
 
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="scireid_demo")
     d.add_argument("--quick", action="store_true", help="baseline and SCI only, one seed (< 5 min on 2 cores)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--ids", type=int, default=120, help="identities in the synthetic set (half train, half test)")
     d.add_argument("overrides", nargs="*", help="section.key=value applied to every variant")
     d.set_defaults(fn=cmd_demo)
 
