@@ -139,7 +139,8 @@ def test_cross_attention_eq15_16_float64(pooling):
     ca = TextVisualCrossAttention(6, 8, pooling)
     protos, z, p = torch.randn(5, 6), torch.randn(2, 8, 3, 2), torch.randn(2, 6)
     r = ca(protos, z, p).detach().double().numpy()
-    W = {n: (getattr(ca, n).weight.detach().double().numpy(), getattr(ca, n).bias.detach().double().numpy())
+    W = {n: (getattr(ca, n).weight.detach().double().numpy(),
+             getattr(ca, n).bias.detach().double().numpy() if getattr(ca, n).bias is not None else np.zeros(6))
          for n in ("w_q", "w_k", "w_v")}
     T = protos.double().numpy()
     for b in range(2):

@@ -63,7 +63,8 @@ def test_rn50_reid_shapes_and_param_count():
     n_visual = sum(p.numel() for p in m.visual.parameters())
     n_sim = sum(p.numel() for p in m.sim.parameters())
     assert n_visual == 38_316_896 + (129 - 50) * 2048  # open_clip RN50 visual + the resized pos-embed rows
-    assert n_sim == 3 * (2048 * 1024 + 1024) + (1024 * 2048 + 2048) + 2 * 2048 + 1024 * 1024 + 1024 + 2 * (2048 * 1024 + 1024) + 1
+    # non-local theta/phi/g + W_z conv + W_z BN; cross-attention W_q, W_k (no bias), W_v; gamma
+    assert n_sim == 3 * (2048 * 1024 + 1024) + (1024 * 2048 + 2048) + 2 * 2048 + (1024 * 1024 + 1024) + 2048 * 1024 + (2048 * 1024 + 1024) + 1
 
 
 def test_surgery_only_resizes_and_changes_stride():

@@ -26,7 +26,7 @@ def tiny_cfg(root, out, *extra):
         f"data.root={root}", f"run.out={out}", "data.height=64", "data.width=32", "data.num_instances=4",
         "stage1.epochs=2", "stage1.batch_size=16", "stage1.warmup_epochs=1",
         "stage2.epochs=3", "stage2.batch_size=16", "stage2.warmup_epochs=1", "stage2.milestones=[2]",
-        "stage2.cal_start_epoch=1", "stage2.eval_every=1", "run.max_steps_per_epoch=3", "run.tensorboard=false",
+        "stage2.cal_start_epoch=1", "stage2.cal_classifier_start_epoch=0", "stage2.eval_every=1", "run.max_steps_per_epoch=3", "run.tensorboard=false",
         "eval.batch_size=64", *extra])
 
 
@@ -46,7 +46,8 @@ def test_end_to_end_files_and_protocols(full_run, capsys):
     assert [r["stage"] for r in recs] == ["stage1"] * 2 + ["stage2"] * 3
     s2 = [r for r in recs if r["stage"] == "stage2"]
     assert all(set(r["eval"]) == {"general", "cloth-changing"} for r in s2)
-    assert "cal" not in s2[0] and "cal" in s2[1] and "clothes_acc" in s2[1]  # CAL starts at epoch index 1
+    # the clothes classifier trains from epoch index 0, the adversarial loss joins at 1
+    assert "cal" not in s2[0] and "clothes_acc" in s2[0] and "cal" in s2[1] and "clothes_acc" in s2[1]
     assert s2[-1]["gamma"] != 0.0  # the SIM gate moved
     assert "S_id" in recs[0] and "sse" in recs[0]
     for proto in ("general", "cloth-changing"):

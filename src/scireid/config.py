@@ -86,6 +86,7 @@ class Stage2Config:
     cal: bool = True
     cal_weight: float = 1.0
     cal_start_epoch: int = 45  # 5 epochs after the first lr decay
+    cal_classifier_start_epoch: int = -1  # clothes classifier alone from here (-1: with the adversarial loss)
     cal_lr: float = 3.5e-4
     cal_scale: float = 16.0
     cal_epsilon: float = 0.1

@@ -123,10 +123,14 @@ def component_checks(out: Path, results) -> dict[str, Any]:
             c: dict[str, Any] = {}
             if recs and "gamma" in recs[-1]:
                 c["gamma_final"] = recs[-1]["gamma"]
-            cal = [r for r in recs if "clothes_acc" in r]
+            clf = [r for r in recs if "clothes_acc" in r]
+            cal = [r for r in recs if "cal" in r]
+            if clf:
+                before = [r for r in clf if "cal" not in r]
+                c["clothes_acc_before_cal"] = before[-1]["clothes_acc"] if before else None
+                c["clothes_acc_last"] = clf[-1]["clothes_acc"]
             if cal:
                 c["clothes_acc_first_cal_epoch"] = cal[0]["clothes_acc"]
-                c["clothes_acc_last"] = cal[-1]["clothes_acc"]
                 c["cal_loss_last"] = cal[-1]["cal"]
             s1 = [r for r in _curves(out / "runs" / f"{v}-seed{s}") if r["stage"] == "stage1"]
             if s1 and "S_id" in s1[-1]:
@@ -195,11 +199,13 @@ def render_markdown(rep: dict[str, Any]) -> str:
         else:
             L += ["", f"**SCI does not beat the baseline in the cloth-changing protocol** here ({d['diff']:+.1f} R-1 points)."]
     L += ["", "## Do the components train as intended?", "",
-          "| run | gamma (SIM gate) at end | clothes-classifier acc. at CAL start → end | S_id first → last | S_clo first → last |",
+          "| run | gamma (SIM gate) at end | clothes-classifier acc.: last epoch before CAL → first with CAL → end | S_id first → last | S_clo first → last |",
           "|---|---|---|---|---|"]
     for run, c in rep["component_checks"].items():
         g = f"{c['gamma_final']:+.4f}" if "gamma_final" in c else "—"
-        ca = (f"{c['clothes_acc_first_cal_epoch']:.2f} → {c['clothes_acc_last']:.2f}" if "clothes_acc_last" in c else "—")
+        fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
+        ca = (f"{fmt(c.get('clothes_acc_before_cal'))} → {fmt(c.get('clothes_acc_first_cal_epoch'))} → "
+              f"{fmt(c['clothes_acc_last'])}" if "clothes_acc_last" in c else "—")
         si = f"{c['S_id_first']:.3f} → {c['S_id_last']:.3f}" if "S_id_last" in c else "—"
         sc = f"{c['S_clo_first']:.3f} → {c['S_clo_last']:.3f}" if "S_clo_last" in c else "—"
         L.append(f"| {run} | {g} | {ca} | {si} | {sc} |")

@@ -152,6 +152,10 @@ class Stage2Task:
     def cal_active(self, epoch: int) -> bool:
         return self.c.cal and epoch >= self.c.cal_start_epoch
 
+    def clothes_classifier_active(self, epoch: int) -> bool:
+        start = self.c.cal_start_epoch if self.c.cal_classifier_start_epoch < 0 else self.c.cal_classifier_start_epoch
+        return self.c.cal and epoch >= min(start, self.c.cal_start_epoch)
+
     def step(self, batch, epoch: int):
         imgs, pids, _, clothes, _ = batch
         dev = self.ctx.device
@@ -170,7 +174,7 @@ class Stage2Task:
         loss = c.id_weight * l_id + c.triplet_weight * l_tri + c.i2t_weight * l_i2t
         terms = {"id": l_id.item(), "tri": l_tri.item(), "i2t": l_i2t.item(),
                  "acc": float((out["logits_p"].argmax(1) == pids).float().mean())}
-        if self.cal_active(epoch):
+        if self.clothes_classifier_active(epoch):
             # 1) the clothes classifier learns on detached features with its own optimizer
             cc = m.clothes_classifier(out["bn"].detach())
             l_cc = F.cross_entropy(c.cal_scale * cc, clothes)
@@ -178,10 +182,12 @@ class Stage2Task:
             l_cc.backward()
             all_reduce_mean_grads(m.clothes_classifier.parameters(), self.ctx)
             self.opt_cc.step()
+            terms.update(clothes_ce=l_cc.item(), clothes_acc=float((cc.argmax(1) == clothes).float().mean()))
+        if self.cal_active(epoch):
             # 2) the adversarial loss uses the just-updated classifier on the live features
             l_cal = cal_loss(m.clothes_classifier(out["bn"]), clothes, self.pid2clothes[pids], c.cal_scale, c.cal_epsilon)
             loss = loss + c.cal_weight * l_cal
-            terms.update(cal=l_cal.item(), clothes_ce=l_cc.item(), clothes_acc=float((cc.argmax(1) == clothes).float().mean()))
+            terms["cal"] = l_cal.item()
         return loss, terms, len(pids)
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:

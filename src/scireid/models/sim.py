@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -51,7 +50,7 @@ class TextVisualCrossAttention(nn.Module):
     def __init__(self, text_dim: int, vis_dim: int, pooling: str = "mean"):
         super().__init__()
         self.w_q = nn.Linear(text_dim, text_dim)
-        self.w_k = nn.Linear(vis_dim, text_dim)
+        self.w_k = nn.Linear(vis_dim, text_dim, bias=False)  # a key bias adds q.b_k to every token: it cancels in the softmax
         self.w_v = nn.Linear(vis_dim, text_dim)
         self.pooling = pooling
         self.scale = text_dim ** -0.5
@@ -59,19 +58,22 @@ class TextVisualCrossAttention(nn.Module):
     def forward(self, protos: torch.Tensor, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """protos (K, D), z (B, C, H, W), p (B, D) -> r (B, D).
 
-        Pooling is linear in the attended values, so the (B, K, D) per-prototype outputs are never
-        formed: weights over prototypes are folded into the attention map first.
+        Computed by exact re-association, so the N visual tokens are never projected:
+        q . (W_k t + b_k) = (W_k^T q) . t + q . b_k, and q . b_k is constant over tokens, so it
+        cancels in the softmax; pooling is linear and attention rows sum to one, so
+        pool_k(attn_k (W_v t + b_v)) = W_v (pooled attention-weighted token) + b_v.
+        The float64 test checks this against the literal eq. 15-16.
         """
         tokens = z.flatten(2).transpose(1, 2)  # B, N, C
         q = self.w_q(protos)  # K, D
-        k, v = self.w_k(tokens), self.w_v(tokens)  # B, N, D
-        attn = torch.softmax(torch.einsum("kd,bnd->bkn", q, k) * self.scale, dim=-1)  # B, K, N
+        qk = q @ self.w_k.weight  # K, C
+        attn = torch.softmax(torch.einsum("kc,bnc->bkn", qk, tokens) * self.scale, dim=-1)  # B, K, N
         if self.pooling == "mean":
             weights = attn.mean(1)
         else:  # similarity-weighted: softmax(<p, T>) of the image's own pooled feature
             w = torch.softmax(p @ protos.T, dim=-1)  # B, K
             weights = torch.einsum("bk,bkn->bn", w, attn)
-        return torch.einsum("bn,bnd->bd", weights, v)
+        return self.w_v(torch.einsum("bn,bnc->bc", weights, tokens))
 
 
 class SIM(nn.Module):
@@ -89,4 +91,4 @@ class SIM(nn.Module):
         return p + self.gamma * self.cross(protos.to(z.dtype), z, p).to(p.dtype)
 
 
-__all__ = ["NonLocal", "SelfAttention2d", "TextVisualCrossAttention", "SIM", "F"]
+__all__ = ["NonLocal", "SelfAttention2d", "TextVisualCrossAttention", "SIM"]
