@@ -36,19 +36,51 @@ def match_masks(q_pids, g_pids, q_cams, g_cams, q_clo, g_clo, mode: str) -> tupl
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _rank_block(dist: np.ndarray, good: np.ndarray, junk: np.ndarray):
-    """Per query of the block: ranks (0-based, junk removed) of all positives, grouped by query."""
-    n_good = good.sum(1)
-    dmax = np.where(good, dist, -np.inf).max(1)
-    cand = (dist <= dmax[:, None]) & ~junk & (n_good[:, None] > 0)
-    qi, gi = np.nonzero(cand)
-    dv = dist[qi, gi]
-    order = np.lexsort((gi, dv, qi))
-    qi, gi = qi[order], gi[order]
-    starts = np.searchsorted(qi, np.arange(dist.shape[0]))
-    pos = np.arange(len(qi)) - starts[qi]  # rank within the query's filtered list
-    is_good = good[qi, gi]
-    return qi[is_good], pos[is_good], n_good
+def pair_flags(qp, gp, qc, gc, qclo, gclo, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every same-identity (query, gallery) pair of a block, and whether it is good (else junk).
+
+    Same-identity pairs are few (tens per query), so good/junk are decided on them alone instead
+    of on dense Q x G masks.
+    """
+    order = np.argsort(gp, kind="stable")
+    sorted_pids = gp[order]
+    lo = np.searchsorted(sorted_pids, qp, "left")
+    hi = np.searchsorted(sorted_pids, qp, "right")
+    counts = hi - lo
+    qi = np.repeat(np.arange(len(qp)), counts)
+    offs = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    gi = order[np.repeat(lo, counts) + offs]
+    same_cam = qc[qi] == gc[gi]
+    if mode == "general":
+        good = ~same_cam
+    else:
+        same_clo = qclo[qi] == gclo[gi]
+        good = ~same_cam & (~same_clo if mode == "cloth-changing" else same_clo)
+    return qi, gi, good
+
+
+def _rank_block(dist: np.ndarray, qi: np.ndarray, gi: np.ndarray, good: np.ndarray, owned: bool = False):
+    """Per query of the block: ranks (0-based, junk removed) of all its positives, grouped by query.
+
+    A gallery item can only push a positive down if it is no farther than the query's farthest
+    positive, so only those candidates are sorted, by one stable sort on (query, distance): ties keep
+    gallery order, as a stable argsort of the full row would.
+    """
+    nq = dist.shape[0]
+    n_good = np.bincount(qi[good], minlength=nq)
+    dmax = np.full(nq, -np.inf)
+    np.maximum.at(dmax, qi[good], dist[qi[good], gi[good]])
+    d = dist if owned else dist.copy()
+    d[qi[~good], gi[~good]] = np.inf  # junk leaves the ranking
+    rows, cols = np.nonzero(d <= dmax[:, None])
+    dv = d[rows, cols].astype(np.float64)
+    lo = dv.min() if len(dv) else 0.0
+    span = (dv.max() - lo + 1.0) if len(dv) else 1.0
+    order = np.argsort(rows * span + (dv - lo), kind="stable")  # rows ascending, then distance, then column
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, np.arange(nq))
+    pos = np.arange(len(rows)) - starts[rows]
+    return rows, cols, pos, n_good
 
 
 def _accumulate(ranks_q, ranks, n_good, n_gallery, acc):
@@ -97,28 +129,29 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, q_clothes=None, g_clot
     dist = _np(distmat)
     if dist.shape != (len(qp), len(gp)):
         raise ValueError(f"distmat has shape {dist.shape}, expected ({len(qp)}, {len(gp)}) from the labels")
-    return _evaluate_blocks(((s, dist[s:s + chunk]) for s in range(0, len(qp), chunk)),
+    return _evaluate_blocks(((s, dist[s:s + chunk], False) for s in range(0, len(qp), chunk)),
                             qp, gp, qc, gc, qclo, gclo, mode)
 
 
-def _evaluate_blocks(blocks: Iterator[tuple[int, np.ndarray]], qp, gp, qc, gc, qclo, gclo, mode) -> dict[str, Any]:
+def _evaluate_blocks(blocks: Iterator[tuple[int, np.ndarray, bool]], qp, gp, qc, gc, qclo, gclo, mode) -> dict[str, Any]:
     acc: dict[str, list] = {"ap": [], "inp": [], "first": []}
-    for s, d in blocks:
+    for s, d, owned in blocks:
         e = s + d.shape[0]
-        good, junk = match_masks(qp[s:e], gp, qc[s:e], gc, qclo[s:e], gclo, mode)
-        rq, rk, ng = _rank_block(np.asarray(d), good, junk)
-        _accumulate(rq, rk, ng, len(gp), acc)
+        qi, gi, good = pair_flags(qp[s:e], gp, qc[s:e], gc, qclo[s:e], gclo, mode)
+        rows, cols, pos, ng = _rank_block(np.asarray(d), qi, gi, good, owned)
+        hit = gp[cols] == qp[s:e][rows]  # junk is gone, so a same-identity candidate is a positive
+        _accumulate(rows[hit], pos[hit], ng, len(gp), acc)
     return _finish(acc, len(gp), len(qp))
 
 
-def cosine_distance_blocks(qf, gf, chunk: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, 1 - cos) blocks of ``chunk`` queries; the full Q x G matrix never exists."""
+def cosine_distance_blocks(qf, gf, chunk: int = 1024) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """(start, 1 - cos, owned) blocks of ``chunk`` queries; the full Q x G matrix never exists."""
     import torch
 
     q = torch.nn.functional.normalize(torch.as_tensor(qf).float(), dim=1)
     g = torch.nn.functional.normalize(torch.as_tensor(gf).float(), dim=1)
     for s in range(0, q.shape[0], chunk):
-        yield s, (1.0 - q[s:s + chunk] @ g.T).numpy()
+        yield s, (1.0 - q[s:s + chunk] @ g.T).numpy(), True
 
 
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, q_clothes=None, g_clothes=None,
@@ -126,6 +159,32 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, q_clothes=None
     """Like ``evaluate`` but from features (cosine distance), in query chunks to bound memory."""
     labels = _labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode)
     return _evaluate_blocks(cosine_distance_blocks(qf, gf, chunk), *labels, mode)
+
+
+def per_query_ap(distmat, q_pids, g_pids, q_camids, g_camids, q_clothes=None, g_clothes=None,
+                 mode: str = "general", chunk: int = 1024) -> np.ndarray:
+    """AP of each query (NaN where it has no valid match): for sorting queries, e.g. worst first."""
+    qp, gp, qc, gc, qclo, gclo = _labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode)
+    dist = _np(distmat)
+    out = np.full(len(qp), np.nan)
+    for s in range(0, len(qp), chunk):
+        d = dist[s:s + chunk]
+        qi, gi, good = pair_flags(qp[s:s + chunk], gp, qc[s:s + chunk], gc, qclo[s:s + chunk], gclo, mode)
+        rows, cols, pos, ng = _rank_block(np.asarray(d), qi, gi, good)
+        hit = gp[cols] == qp[s:s + chunk][rows]
+        rq, rk = rows[hit], pos[hit]
+        hit_no = np.arange(len(rq)) - np.searchsorted(rq, rq)
+        sums = np.bincount(rq, weights=(hit_no + 1) / (rk + 1), minlength=len(ng))
+        valid = ng > 0
+        out[s:s + len(ng)][valid] = sums[valid] / ng[valid]
+    return out
+
+
+def ranked_gallery(dist_row: np.ndarray, q_pid, q_cam, q_clo, g_pids, g_cams, g_clos, mode: str = "general") -> np.ndarray:
+    """Gallery indices of one query in ranking order with its junk removed (stable: ties by gallery order)."""
+    order = np.argsort(dist_row, kind="stable")
+    _, junk = match_masks(np.atleast_1d(q_pid), g_pids, np.atleast_1d(q_cam), g_cams, np.atleast_1d(q_clo), g_clos, mode)
+    return order[~junk[0][order]]
 
 
 def summary(res: dict[str, Any], ranks=(1, 5, 10, 20)) -> dict[str, float]:

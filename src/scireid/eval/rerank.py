@@ -25,8 +25,8 @@ def _k_reciprocal(i: int, rank: np.ndarray, k: int) -> np.ndarray:
 
 
 def rerank_blocks(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                  chunk: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, block) of re-ranked Q x G distances, ``chunk`` queries at a time."""
+                  chunk: int = 1024) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """(start, block, owned) of re-ranked Q x G distances, ``chunk`` queries at a time."""
     q = torch.nn.functional.normalize(torch.as_tensor(qf).float(), dim=1)
     g = torch.nn.functional.normalize(torch.as_tensor(gf).float(), dim=1)
     feats = torch.cat([q, g])
@@ -86,9 +86,9 @@ def rerank_blocks(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
             temp_min = np.bincount(js, weights=mins, minlength=n)[nq:]
             jac = 1 - temp_min / (2.0 - temp_min)
             out[r] = jac * (1 - lambda_value) + dq[r] * lambda_value
-        yield s, out
+        yield s, out, True
 
 
 def rerank(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, chunk: int = 1024) -> np.ndarray:
     """Re-ranked Q x G distance matrix (the output itself is the only Q x G array)."""
-    return np.concatenate([b for _, b in rerank_blocks(qf, gf, k1, k2, lambda_value, chunk)])
+    return np.concatenate([b for _, b, _ in rerank_blocks(qf, gf, k1, k2, lambda_value, chunk)])

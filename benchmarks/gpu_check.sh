@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# GPU checks and timings, run on a lent GPU machine (see BENCHMARKS.md). Never needed by tests.
+# Usage there: bash benchmarks/gpu_check.sh   (expects open_clip/ftfy wheels in .whl/ if not installed)
+set -u
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
+{ nvidia-smi -L; python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name(0))"; } 2>&1 | tee "$OUT/env.txt"
+echo "== train step (bf16, batch 64)"; timeout 240 python3 benchmarks/train_step.py --device cuda --no-write 2>&1 | tee "$OUT/train_step.txt" | tail -12
+echo "== end-to-end smoke on cuda"
+timeout 150 python3 -m scireid.cli synth /tmp/gsyn --ids 16 --seed 1 > "$OUT/smoke.txt" 2>&1
+timeout 150 python3 -m scireid.cli train synthetic --out /tmp/grun data.root=/tmp/gsyn run.device=cuda stage1.epochs=2 stage2.epochs=3 stage2.eval_every=1 stage2.cal_start_epoch=1 >> "$OUT/smoke.txt" 2>&1
+echo "train rc=$?" | tee -a "$OUT/smoke.txt"
+timeout 60 python3 -m scireid.cli eval /tmp/grun --json run.device=cuda >> "$OUT/smoke.txt" 2>&1; echo "eval rc=$?" | tee -a "$OUT/smoke.txt"
+timeout 60 python3 -c "
+import scireid, glob, torch
+m = scireid.load('/tmp/grun', device='cuda'); f = m.embed(sorted(glob.glob('/tmp/gsyn/query/*.png'))[:5])
+print('embed', tuple(f.shape), f.dtype, float(f.norm(dim=1).min()), float(f.norm(dim=1).max()))" 2>&1 | tee -a "$OUT/smoke.txt"
+grep -E "stage2 epoch|general|cloth" "$OUT/smoke.txt" | tail -6
+echo "== train step with --compile"; timeout 200 python3 benchmarks/train_step.py --device cuda --compile --no-write 2>&1 | tee "$OUT/train_step_compile.txt" | tail -8

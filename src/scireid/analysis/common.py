@@ -1,0 +1,72 @@
+"""Shared by the analysis commands: a run's model, config, dataset and cached test features."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, config_from_dict
+from ..data.records import ReIDDataset
+from ..models.sci import ModelSpec, SCIModel
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    ckpt: Path
+    cfg: Config
+    model: SCIModel
+    device: torch.device
+    _ds: ReIDDataset | None = None
+
+    @property
+    def ds(self) -> ReIDDataset:
+        if self._ds is None:
+            from ..engine.trainer import load_dataset
+            self._ds = load_dataset(self.cfg)
+        return self._ds
+
+    def out_dir(self, name: str) -> Path:
+        d = (self.path if self.path.is_dir() else self.path.parent) / "analysis" / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def test_features(self) -> torch.Tensor:
+        """Cached per checkpoint: every analysis of a run ranks with the same features."""
+        from safetensors.torch import load_file, save_file
+
+        from ..engine.distributed import DistContext
+        from ..engine.evaluation import test_features
+        from ..io_utils import atomic_write
+        cache = self.out_dir("cache") / f"{self.ckpt.stem}_test_features.safetensors"
+        if cache.exists():
+            f = load_file(str(cache))["feats"]
+            if len(f) == len(self.ds.test):
+                return f
+        f = test_features(self.model, self.ds, self.cfg, DistContext(device=self.device))
+        atomic_write(cache, lambda tmp: save_file({"feats": f.contiguous()}, tmp))
+        return f
+
+
+def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None) -> LoadedRun:
+    from ..config import apply_overrides
+    from ..engine.checkpoint import load_weights, read_meta
+    from ..engine.evaluation import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    meta = read_meta(ckpt)
+    cfg = apply_overrides(config_from_dict(meta["config"]), list(overrides))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = SCIModel(ModelSpec(**meta["spec"])).to(dev).eval()
+    load_weights(ckpt, model)
+    return LoadedRun(Path(path), ckpt, cfg, model, dev)
+
+
+def protocol_arrays(ds: ReIDDataset, name: str):
+    p = ds.protocol(name)
+    pids = np.array([r.pid for r in ds.test])
+    cams = np.array([r.camid for r in ds.test])
+    clo = np.array([r.clothes for r in ds.test])
+    return p, pids, cams, clo
