@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from scireid.config import load_config
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -12,3 +14,28 @@ def code_dir(tmp_path):
     d = tmp_path / "my_code" / "c5_007"
     d.mkdir(parents=True)
     return d
+
+
+def tiny_cfg(root, out, *extra):
+    """The synthetic preset shrunk to seconds: 64x32 input, a few steps per epoch."""
+    return load_config("synthetic", [
+        f"data.root={root}", f"run.out={out}", "data.height=64", "data.width=32", "data.num_instances=4",
+        "stage1.epochs=2", "stage1.batch_size=16", "stage1.warmup_epochs=1",
+        "stage2.epochs=3", "stage2.batch_size=16", "stage2.warmup_epochs=1", "stage2.milestones=[2]",
+        "stage2.cal_start_epoch=1", "stage2.cal_classifier_start_epoch=0", "stage2.eval_every=1",
+        "run.max_steps_per_epoch=3", "run.tensorboard=false", "eval.batch_size=64", *extra])
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    from scireid.data.synthetic import generate
+    return generate(tmp_path_factory.mktemp("syn") / "data", ids=8, seed=5)
+
+
+@pytest.fixture(scope="session")
+def full_run(data_root, tmp_path_factory):
+    """One tiny SCI run (both stages) shared by the engine and analysis tests."""
+    from scireid.engine.trainer import train
+    out = tmp_path_factory.mktemp("runs") / "full"
+    res = train(tiny_cfg(data_root, out))
+    return out, res

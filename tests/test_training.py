@@ -11,30 +11,9 @@ from safetensors.torch import load_file
 import scireid
 from scireid.cli import main
 from scireid.config import load_config
-from scireid.data.synthetic import generate
 from scireid.engine.trainer import train
+from conftest import tiny_cfg  # noqa: F401  (shared with the analysis tests)
 from scireid.errors import CheckpointError, ConfigError, TrainingDiverged
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("syn") / "data", ids=8, seed=5)
-
-
-def tiny_cfg(root, out, *extra):
-    return load_config("synthetic", [
-        f"data.root={root}", f"run.out={out}", "data.height=64", "data.width=32", "data.num_instances=4",
-        "stage1.epochs=2", "stage1.batch_size=16", "stage1.warmup_epochs=1",
-        "stage2.epochs=3", "stage2.batch_size=16", "stage2.warmup_epochs=1", "stage2.milestones=[2]",
-        "stage2.cal_start_epoch=1", "stage2.cal_classifier_start_epoch=0", "stage2.eval_every=1", "run.max_steps_per_epoch=3", "run.tensorboard=false",
-        "eval.batch_size=64", *extra])
-
-
-@pytest.fixture(scope="module")
-def full_run(data_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "full"
-    res = train(tiny_cfg(data_root, out))
-    return out, res
 
 
 def test_end_to_end_files_and_protocols(full_run, capsys):

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
 
+    from .analysis.cli import add_analysis_commands
+    add_analysis_commands(sub)
     return p
 
 
