@@ -56,3 +56,12 @@ def test_roundtrip(tmp_path):
     c = load_config("prcc", ["run.seed=7"])
     save_config(c, tmp_path / "config.yaml")
     assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == c
+
+
+def test_import_is_light():
+    """`import scireid` must not pull in torch or open_clip (CLI start-up, docs builds)."""
+    import subprocess
+    import sys
+    code = "import sys, scireid; bad = [m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -68,6 +68,9 @@ def test_market(code_dir):
 
 def test_msmt(code_dir):
     ds = build_dataset("msmt17", make_msmt(code_dir))
+    missing = code_dir / "MSMT17_V1" / "test" / "0006" / "0006_012_02_0113noon_0003_0.jpg"
+    missing.unlink()
+    assert dict(check_dataset(ds))[str(missing)] == "missing"
     assert ds.num_train_pids == 3 and len(ds.train) == 3  # train + val
     assert sorted(r.camid for r in ds.train) == [0, 2, 4]
     q, g = ds.split_records(ds.protocols[0])
