@@ -1,5 +1,4 @@
 """Backbone surgery, weights loading and the text side, on random-init models (nothing downloaded)."""
-import numpy as np
 import open_clip
 import pytest
 import torch

@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError  # re-exported
+
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-from .errors import ConfigError  # noqa: E402  (re-exported)
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "config_from_dict", "save_config", "list_presets",
+           "list_variants"]
 
 
 @dataclass

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DatasetError  # re-exported
+
 IMG_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 MODES = ("general", "cloth-changing", "same-clothes")
 
-
-from ..errors import DatasetError  # noqa: E402,F401  (re-exported)
+__all__ = ["DatasetError", "IMG_EXTS", "MODES", "Protocol", "Record", "ReIDDataset", "relabel", "test_records",
+           "list_images", "describe_tree"]
 
 
 @dataclass(frozen=True)

@@ -187,17 +187,17 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
                          meta_base | {"stage": "stage2", "epoch": epoch + 1, "results": res["results"]})
         return res
 
-    wrap = None
+    def ddp_wrap(m):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        # the clothes classifier has its own optimizer; its gradients are averaged by hand
+        DDP._set_params_and_buffers_to_ignore_for_model(m, ["clothes_classifier.weight"])
+        return DDP(m, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
     if ctx.enabled:
         convert_batchnorm(model)
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        def wrap(m):
-            DDP._set_params_and_buffers_to_ignore_for_model(m, ["clothes_classifier.weight"])
-            return DDP(m, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if cfg.run.compile:
         model.visual.trunk = torch.compile(model.visual.trunk)  # keeps state-dict names intact
-    task = Stage2Task(model, ds, cfg, ctx, evaluate, wrap)
+    task = Stage2Task(model, ds, cfg, ctx, evaluate, ddp_wrap if ctx.enabled else None)
     engine.run(task, resume)
     result: dict[str, Any] = {}
     if ctx.is_main:
