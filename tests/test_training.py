@@ -69,6 +69,16 @@ def test_resume_after_kill_is_bit_identical(data_root, tmp_path, full_run):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
 
+def test_resume_of_a_finished_run_keeps_its_results(full_run, data_root, tmp_path):
+    import shutil
+    out, res = full_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = train(tiny_cfg(data_root, copy), resume=True)
+    assert again["last"]["cloth-changing"]["mAP"] == pytest.approx(res["last"]["cloth-changing"]["mAP"], abs=1e-6)
+    assert json.loads((copy / "results.json").read_text())["last"]
+
+
 def test_resume_rejects_changed_config(full_run, data_root):
     out, _ = full_run
     with pytest.raises(ConfigError, match="model.sim_attention"):
