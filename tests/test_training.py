@@ -137,8 +137,18 @@ def test_ddp_two_process_gloo_matches_single_process(data_root, tmp_path):
     single = train(tiny_cfg(data_root, tmp_path / "single", "run.device=cpu", "stage2.epochs=2"))
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(data_root), str(tmp_path / "ddp"), q), nprocs=2,
-                       join=True, start_method="spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, str(data_root), str(tmp_path / "ddp"), q))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:  # a collective that one rank skips would hang forever: bound it
+        p.join(timeout=240)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.terminate()
+    assert not alive, "DDP workers hung"
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     ddp = json.loads(q.get(timeout=5))
     for proto in ("general", "cloth-changing"):
         for k in ("R-1", "mAP"):

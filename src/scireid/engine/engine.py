@@ -86,13 +86,16 @@ class Engine:
         log.info("%s: resuming at epoch %d, batch %d from %s", task.name, st["epoch"] + 1, st["batch"], d)
         return st["epoch"], st["batch"]
 
-    def run(self, task: Task, resume: bool = False) -> None:
+    def run(self, task: Task, resume: bool = False) -> int:
+        """Train ``task`` to its last epoch; returns how many epochs this call ran."""
         scaler = None
         if self.amp and not torch.cuda.is_bf16_supported():
             scaler = torch.amp.GradScaler("cuda")
         start_epoch, start_batch = self._resume(task, scaler) if resume else (0, 0)
         metrics_path = self.run_dir / "metrics.jsonl"
+        ran = 0
         for epoch in range(start_epoch, task.epochs):
+            ran += 1
             n_batches = task.set_epoch(epoch, start_batch)
             if self.max_steps:
                 n_batches = min(n_batches, self.max_steps)
@@ -149,6 +152,7 @@ class Engine:
                                             self.tb.add_scalar(f"{task.name}/{proto}/{m}", res[m], epoch + 1)
             if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == task.epochs:
                 self._save(task, epoch + 1, 0, scaler)
+        return ran
 
     def _backward_step(self, task: Task, loss: torch.Tensor, scaler) -> None:
         opt = task.optimizers()["main"]

@@ -198,8 +198,7 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
     if cfg.run.compile:
         model.visual.trunk = torch.compile(model.visual.trunk)  # keeps state-dict names intact
     task = Stage2Task(model, ds, cfg, ctx, evaluate, ddp_wrap if ctx.enabled else None)
-    engine.run(task, resume)
-    if not task.last_eval:  # resumed a finished run: nothing trained, so evaluate what is there
+    if engine.run(task, resume) == 0:  # resumed a finished run: evaluate what is there (on every rank)
         task.last_eval = evaluate(task.epochs - 1) or {}
     result: dict[str, Any] = {}
     if ctx.is_main:
