@@ -95,6 +95,19 @@ def test_stage2_checks_stage1_checkpoint(full_run, data_root, tmp_path):
         train(tiny_cfg(data_root, other, "data.height=128"), stage="2")
 
 
+def test_stage1_then_stage2_as_separate_commands(data_root, tmp_path):
+    out = tmp_path / "split"
+    assert main(["train", "synthetic", "--stage", "1", "--out", str(out), f"data.root={data_root}", "data.height=64",
+                 "data.width=32", "stage1.epochs=1", "stage1.batch_size=16", "run.tensorboard=false"]) == 0
+    assert (out / "stage1.safetensors").exists() and not (out / "model_last.safetensors").exists()
+    assert main(["train", "synthetic", "--stage", "2", "--out", str(out), f"data.root={data_root}", "data.height=64",
+                 "data.width=32", "stage1.epochs=1", "stage1.batch_size=16", "stage2.epochs=1", "stage2.batch_size=16",
+                 "run.max_steps_per_epoch=2", "run.tensorboard=false"]) == 0
+    assert (out / "model_last.safetensors").exists()
+    # a second stage-2 run into the same folder would overwrite it: refused
+    assert main(["train", "synthetic", "--stage", "2", "--out", str(out), f"data.root={data_root}"]) == 2
+
+
 def test_nan_loss_stops_with_step_and_terms(data_root, tmp_path):
     cfg = tiny_cfg(data_root, tmp_path / "nan", "stage1.temperature=0", "stage1.epochs=1")
     with pytest.raises(TrainingDiverged, match=r"stage1 epoch 1 step 1: loss is nan \(i2t=nan.*last good checkpoint: none yet"):

@@ -68,12 +68,14 @@ def environment(cfg: Config) -> dict[str, Any]:
             "seed": cfg.run.seed, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
 
 
-def prepare_run_dir(cfg: Config, resume: bool, ctx: DistContext) -> Path:
+def prepare_run_dir(cfg: Config, resume: bool, ctx: DistContext, stage: str = "all") -> Path:
     run = Path(cfg.run.out)
     saved = run / "config.yaml"
     if ctx.is_main:
         if saved.exists():
-            if not resume and any((run / s).exists() for s in ("stage1", "stage2", "stage1.safetensors")):
+            # stage 2 alone may follow a finished stage 1 in the same directory; anything else would overwrite work
+            taken = ("stage2",) if stage == "2" else ("stage1", "stage2", "stage1.safetensors")
+            if not resume and any((run / s).exists() for s in taken):
                 raise ConfigError(f"run.out={run} already holds a run; pass --resume to continue it or choose another --out")
             if resume:
                 old = config_from_dict(yaml.safe_load(saved.read_text())).to_dict()
@@ -111,7 +113,7 @@ def train(cfg: Config, stage: str = "all", resume: bool = False) -> dict[str, An
     """Train the configured variant; returns the final evaluation (stage 2) or {}."""
     ctx = setup(cfg.run.device)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    run = prepare_run_dir(cfg, resume, ctx)
+    run = prepare_run_dir(cfg, resume, ctx, stage)
     ds = load_dataset(cfg)
     spec = model_spec(cfg, ds)
     log.info("dataset %s: %d train images, %d identities, %d clothes; model %s (sse=%s sim=%s cal=%s)", ds.name,
