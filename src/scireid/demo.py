@@ -158,15 +158,9 @@ def plot_curves(out: Path, results) -> str:
             axes[1].plot([e for e, _ in ev], [x["general"]["R-1"] for _, x in ev], "o-", color=color, label=lab, alpha=0.8)
             axes[2].plot([e for e, _ in ev], [x["cloth-changing"]["R-1"] for _, x in ev], "o-", color=color, label=lab,
                          alpha=0.8)
-    for ax, t in zip(axes, ("stage-2 training loss", "general R-1 (%)", "cloth-changing R-1 (%)")):
-        ax.set_title(t)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path.name
+    from .analysis.report import save_epoch_figure
+    titles = ("stage-2 training loss", "general R-1 (%)", "cloth-changing R-1 (%)")
+    return save_epoch_figure(fig, axes, titles, out / "curves.png", dpi=90).name
 
 
 def render_markdown(rep: dict[str, Any]) -> str:

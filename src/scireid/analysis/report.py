@@ -47,13 +47,19 @@ def training_curves(run_dir: Path, out: Path) -> Path | None:
     for proto in (ev[0][1] if ev else {}):
         axes[2].plot([e for e, _ in ev], [x[proto]["R-1"] for _, x in ev], "o-", label=f"{proto} R-1")
         axes[2].plot([e for e, _ in ev], [x[proto]["mAP"] for _, x in ev], "s--", label=f"{proto} mAP")
-    for ax, t in zip(axes, ("stage-1 losses", "stage-2 losses", "evaluation (%)")):
+    return save_epoch_figure(fig, axes, ("stage-1 losses", "stage-2 losses", "evaluation (%)"), out / "curves.png")
+
+
+def save_epoch_figure(fig, axes, titles, path: Path, dpi: int = 80) -> Path:
+    """Title, epoch axis and legend on each panel, then write and close the figure."""
+    import matplotlib.pyplot as plt
+
+    for ax, t in zip(axes, titles):
         ax.set_title(t)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
