@@ -234,10 +234,6 @@ def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, o
     return out
 
 
-def is_generated(out: str | Path) -> bool:
-    return (Path(out) / "synthetic.json").is_file()
-
-
 def ensure_synthetic(root: str | Path, ids: int = 120, seed: int = 0) -> Path:
     """Generate once; an existing dataset with other parameters is an error, not silently reused."""
     root = Path(root)
@@ -253,7 +249,10 @@ def ensure_synthetic(root: str | Path, ids: int = 120, seed: int = 0) -> Path:
         import shutil
         shutil.rmtree(tmp)
     generate(tmp, ids=ids, seed=seed, progress=True)
-    tmp.rename(root) if not root.exists() else _move_into(tmp, root)
+    if root.exists():  # e.g. an empty folder the user made: fill it
+        _move_into(tmp, root)
+    else:
+        tmp.rename(root)
     return root
 
 

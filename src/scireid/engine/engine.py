@@ -17,7 +17,6 @@ import torch
 from tqdm import tqdm
 
 from ..errors import TrainingDiverged
-from ..io_utils import atomic_write_text
 from .checkpoint import load_state, save_state
 from .distributed import DistContext
 
@@ -173,7 +172,3 @@ def _check_spec(saved: dict[str, Any], current: dict[str, Any], where: Path) -> 
         if key in a and key in b and a[key] != b[key]:
             from ..errors import CheckpointError
             raise CheckpointError(f"{where}: checkpoint has {key}={a[key]!r} but the config gives {b[key]!r}")
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -73,4 +73,4 @@ def evaluate_run(run_or_ckpt: str | Path, overrides: list[str] | tuple[str, ...]
     return res["results"] if res else {}
 
 
-__all__ = ["evaluate_model", "evaluate_run", "resolve_checkpoint", "format_table"]
+__all__ = ["evaluate_model", "evaluate_run", "resolve_checkpoint"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -52,7 +51,3 @@ def extract(fn, records, transform, ctx: DistContext, batch_size: int = 128, wor
 def _probe_dim(fn, transform, records, ctx) -> int:
     img = ImageDataset(records[:1], transform)[0][0][None].to(ctx.device)
     return fn(img).shape[1]
-
-
-def normalized(f: torch.Tensor) -> torch.Tensor:
-    return F.normalize(f, dim=1)

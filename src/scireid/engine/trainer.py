@@ -17,10 +17,11 @@ from ..config import Config, config_from_dict, save_config
 from ..data.datasets import build_dataset
 from ..data.records import ReIDDataset
 from ..errors import CheckpointError, ConfigError
+from ..io_utils import atomic_write_json
 from ..models.sci import ModelSpec, SCIModel, build_model
 from .checkpoint import load_weights, save_weights
 from .distributed import DistContext, barrier, convert_batchnorm, setup
-from .engine import Engine, write_json
+from .engine import Engine
 from .tasks import Stage1Task, Stage2Task, stage1_features
 
 log = logging.getLogger("scireid")
@@ -88,7 +89,7 @@ def prepare_run_dir(cfg: Config, resume: bool, ctx: DistContext, stage: str = "a
                             raise ConfigError(f"--resume: {sec}.{k} is {new[sec][k]!r} but the run in {run} used {old[sec][k]!r}")
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, saved)
-        write_json(run / "env.json", environment(cfg))
+        atomic_write_json(run / "env.json", environment(cfg))
         fh = logging.FileHandler(run / "log.txt")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(fh)
@@ -208,7 +209,7 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
         save_weights(run / "model_last.safetensors", model,
                      meta_base | {"stage": "stage2", "epoch": cfg.stage2.epochs, "results": last_eval.get("results", {})})
         result = {"last": last_eval.get("results", {}), "best": task.best, "selection": last_eval.get("protocol")}
-        write_json(run / "results.json", result)
+        atomic_write_json(run / "results.json", result)
         if task.best:
             log.info("best checkpoint by %s R-1: epoch %d (%.1f); last epoch reported above", task.best["protocol"],
                      task.best["epoch"], task.best["score"])
