@@ -87,19 +87,13 @@ def list_images(d: Path) -> list[Path]:
     return sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXTS and p.is_file())
 
 
-def describe_tree(root: Path, depth: int = 2) -> str:
-    """A short listing of what is actually under ``root``, for layout errors."""
+def describe_tree(root: Path, limit: int = 12) -> str:
+    """The first entries directly under ``root``, for layout errors that fit on one line."""
     if not root.exists():
         return f"{root} does not exist"
     if not root.is_dir():
         return f"{root} is not a directory"
-    lines = []
-    for p in sorted(root.iterdir())[:12]:
-        kind = "/" if p.is_dir() else ""
-        lines.append(f"{p.name}{kind}")
-        if p.is_dir() and depth > 1:
-            kids = sorted(p.iterdir())
-            lines += [f"  {k.name}{'/' if k.is_dir() else ''}" for k in kids[:4]]
-            if len(kids) > 4:
-                lines.append(f"  ... ({len(kids)} entries)")
-    return ", ".join(lines) if lines else "(empty)"
+    entries = sorted(root.iterdir())
+    names = [f"{p.name}/" if p.is_dir() else p.name for p in entries[:limit]]
+    more = f" ... ({len(entries)} entries)" if len(entries) > limit else ""
+    return (", ".join(names) + more) if names else "(empty)"
