@@ -149,6 +149,74 @@ def run_scale(scale: str, dim: int) -> dict:
     return out
 
 
+def torchreid_cython():
+    """torchreid's Cython evaluator if it is importable here (pip install torchreid, built with Cython)."""
+    try:
+        from torchreid.metrics.rank_cylib.rank_cy import evaluate_cy  # type: ignore
+        return evaluate_cy
+    except Exception:
+        return None
+
+
+def run_sweep() -> dict:
+    """Market scale, feature quality from near-perfect to random: evaluation time must not blow up."""
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    from scireid.eval.metrics import evaluate
+
+    cy = torchreid_cython()
+    rows = []
+    for noise in (0.3, 2.0, 3.5, 6.0, 12.0, None):
+        qf, gf, *labels = market_like(3368, 15913, 750, 6617, 256, noise=noise or 1.0)
+        if noise is None:  # an untrained model: random features
+            rng = np.random.default_rng(5)
+            qf, gf = rng.normal(size=qf.shape).astype(np.float32), rng.normal(size=gf.shape).astype(np.float32)
+        q = torch.nn.functional.normalize(torch.from_numpy(qf), dim=1)
+        g = torch.nn.functional.normalize(torch.from_numpy(gf), dim=1)
+        dist = (1 - q @ g.T).numpy()
+        r = {"noise": noise if noise is not None else "random"}
+        for path in ("auto", "partial", "counting"):
+            t = time.perf_counter()
+            res = evaluate(dist, *labels, mode="general", path=path)
+            r[f"{path}_s"] = time.perf_counter() - t
+            r.setdefault("mAP", res["mAP"])
+            r.setdefault("R-1", float(res["cmc"][0]))
+            assert res["mAP"] == r["mAP"]
+        t = time.perf_counter()
+        np.argsort(dist, axis=1)
+        r["full_argsort_s"] = time.perf_counter() - t
+        if cy is not None:
+            qp, gp, qc, gc = labels[:4]
+            t = time.perf_counter()
+            cmc, mAP = cy(dist.astype(np.float32), qp.astype(np.int64), gp.astype(np.int64), qc.astype(np.int64),
+                          gc.astype(np.int64), 50, False, True)[:2]
+            r["torchreid_cython_s"] = time.perf_counter() - t
+            r["torchreid_mAP"] = float(mAP)
+        rows.append(r)
+        print(json.dumps(r), file=sys.stderr)
+    return {"rows": rows, "cython": cy is not None}
+
+
+def sweep_markdown(sw: dict, cmd: str) -> str:
+    lines = [f"## Evaluation cost vs feature quality ({date.today().isoformat()})", "",
+             f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), numpy {np.__version__}. "
+             f"Command: `{cmd}`. Market scale (3,368 x 15,913), general mode, on the Q x G matrix; the features get "
+             "noisier row by row, the last row is random (an untrained model). `auto` is what `evaluate` does: "
+             "per query block it picks the partial sort (good features) or counting (poor features); the other two "
+             "columns force one method. Results are identical across methods (asserted).", "",
+             "| mAP | R-1 | scireid auto | partial only | counting only | one full-row argsort | torchreid Cython |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sw["rows"]:
+        cy = f"{r['torchreid_cython_s']:.2f} s" if "torchreid_cython_s" in r else "not built here"
+        lines.append(f"| {100 * r['mAP']:.1f}% | {100 * r['R-1']:.1f}% | {r['auto_s']:.2f} s | {r['partial_s']:.2f} s | "
+                     f"{r['counting_s']:.2f} s | {r['full_argsort_s']:.2f} s | {cy} |")
+    worst = max(r["auto_s"] / r["full_argsort_s"] for r in sw["rows"])
+    lines += ["", f"Worst case of `auto` relative to one full-row argsort of the same matrix: {worst:.2f}x."]
+    if not sw["cython"]:
+        lines.append("torchreid's Cython evaluator could not be imported on this machine, so it is not in the table.")
+    return "\n".join(lines) + "\n"
+
+
 def write_markdown(results: list[dict], cmd: str) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [f"## Evaluation speed ({date.today().isoformat()})", "",
@@ -198,7 +266,13 @@ def main():
     ap.add_argument("--only", choices=["market", "msmt"])
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--sweep", action="store_true", help="only the feature-quality sweep at Market scale")
     a = ap.parse_args()
+    if a.sweep:
+        md = sweep_markdown(run_sweep(), "python benchmarks/eval_speed.py --sweep")
+        print(md)
+        update_benchmarks_md(md, "## Evaluation cost vs feature quality")
+        return
     if a.child:
         print(json.dumps(run_scale(a.child, a.dim)))
         return

@@ -55,11 +55,12 @@ def random_problem(rng, nq=40, ng=120, nid=12, ncam=4, nclo=3, ties=False):
 @pytest.mark.parametrize("mode", ["general", "cloth-changing", "same-clothes"])
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_brute_force(mode, ties, seed):
+@pytest.mark.parametrize("path", ["auto", "partial", "counting"])
+def test_matches_brute_force(mode, ties, seed, path):
     rng = np.random.default_rng(seed)
     args = random_problem(rng, ties=ties)
     ref = brute_force(*args, mode)
-    res = evaluate(*args, mode=mode, chunk=7)  # odd chunk: exercises the block boundaries
+    res = evaluate(*args, mode=mode, chunk=7, path=path)  # odd chunk: exercises the block boundaries
     cmc, ap, inp, nvalid = ref
     assert res["num_valid"] == nvalid
     assert res["num_valid"] < 40  # some queries have no valid match and are skipped
@@ -123,3 +124,21 @@ def test_bad_inputs():
         evaluate(np.zeros((1, 1)), [0], [0], [0], [1], mode="cloth-changing")
     with pytest.raises(ValueError, match="shape"):
         evaluate(np.zeros((2, 1)), [0], [0], [0], [1])
+
+
+def test_auto_switches_to_counting_on_poor_features(monkeypatch):
+    """With random (mAP ~ 0) distances the partial sort would sort nearly every row: counting is chosen."""
+    import scireid.eval.metrics as m
+    used = []
+    real_count, real_partial = m._count_ranks, m._rank_block
+    monkeypatch.setattr(m, "_count_ranks", lambda *a: used.append("counting") or real_count(*a))
+    monkeypatch.setattr(m, "_rank_block", lambda *a: used.append("partial") or real_partial(*a))
+    rng = np.random.default_rng(0)
+    dist, qp, gp, qc, gc, qclo, gclo = random_problem(rng, nq=30, ng=2000, nid=300)
+    evaluate(dist, qp, gp, qc, gc, mode="general")
+    assert used == ["counting"]
+    # near-perfect features: each query's positives come first, the partial path is kept
+    used.clear()
+    good = dist + 1.0 * (qp[:, None] != gp[None, :])
+    evaluate(good, qp, gp, qc, gc, mode="general")
+    assert used == ["partial"]

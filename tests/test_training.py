@@ -108,8 +108,11 @@ def test_stage1_then_stage2_as_separate_commands(data_root, tmp_path):
     assert main(["train", "synthetic", "--stage", "2", "--out", str(out), f"data.root={data_root}"]) == 2
 
 
-def test_nan_loss_stops_with_step_and_terms(data_root, tmp_path):
-    cfg = tiny_cfg(data_root, tmp_path / "nan", "stage1.temperature=0", "stage1.epochs=1")
+def test_nan_loss_stops_with_step_and_terms(data_root, tmp_path, monkeypatch):
+    import scireid.engine.tasks as tasks
+    real = tasks.supcon
+    monkeypatch.setattr(tasks, "supcon", lambda *a, **k: real(*a, **k) * float("nan"))
+    cfg = tiny_cfg(data_root, tmp_path / "nan", "stage1.epochs=1")
     with pytest.raises(TrainingDiverged, match=r"stage1 epoch 1 step 1: loss is nan \(i2t=nan.*last good checkpoint: none yet"):
         train(cfg, stage="1")
 

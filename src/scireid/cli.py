@@ -6,6 +6,10 @@ import json
 import logging
 import sys
 
+import numpy as np
+
+from .errors import UserError
+
 log = logging.getLogger("scireid")
 
 
@@ -50,7 +54,7 @@ def cmd_train(a) -> int:
     from .config import load_config
     from .engine.trainer import train
 
-    cfg = load_config(a.config, a.overrides, variant=a.variant)
+    cfg = load_config(a.config, a.overrides, variant=a.variant, backbone=a.backbone)
     if a.out:
         cfg.run.out = a.out
     if a.compile:
@@ -71,8 +75,162 @@ def cmd_eval(a) -> int:
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
-    run_demo(a.out, quick=a.quick, seed=a.seed, overrides=a.overrides, ids=a.ids)
+    run_demo(a.out, quick=a.quick, seed=a.seed, overrides=a.overrides, ids=a.ids or (80 if a.quick else 120))
     return 0
+
+
+def cmd_pretrain(a) -> int:
+    from .prior.pretrain import pretrain, pretrain_config
+    from .prior.zeroshot import format_zero_shot, zero_shot
+
+    if a.eval:
+        print(format_zero_shot(zero_shot(a.eval, arch=a.arch)) if not a.json else json.dumps(zero_shot(a.eval, arch=a.arch), indent=2))
+        return 0
+    ov = list(a.overrides)
+    for k in ("images", "epochs", "seed"):
+        if getattr(a, k) is not None:
+            ov.append(f"{k}={getattr(a, k)}")
+    cfg = pretrain_config(ov)
+    command = "scireid pretrain " + " ".join(sys.argv[2:] if a.command_line is None else a.command_line)
+    prov = pretrain(a.out, cfg, resume=a.resume, command=command.strip())
+    print(format_zero_shot(prov["zero_shot"]))
+    print(f"wrote {a.out}/{cfg.arch}.safetensors; use it with model.arch={cfg.arch} model.weights={a.out}/{cfg.arch}.safetensors")
+    return 0
+
+
+def cmd_presets(a) -> int:
+    from .config import PRESET_DIR, list_backbones, list_presets, list_variants
+    from .models.backbone import list_models
+    from .models.weights import list_weights
+
+    print(f"presets (scireid train NAME; files in {PRESET_DIR}): {', '.join(list_presets())}")
+    print(f"variants (--variant; {PRESET_DIR / 'variants'}): {', '.join(list_variants())}")
+    print(f"backbone recipes (chosen from model.arch, or --backbone; {PRESET_DIR / 'backbones'}): "
+          f"{', '.join(list_backbones())}")
+    print(f"architectures (model.arch): {', '.join(list_models())}")
+    print(f"weights (model.weights, or a file path): {', '.join(list_weights())}")
+    return 0
+
+
+def cmd_embed(a) -> int:
+    from .deploy.embed import embed
+    from .deploy.inputs import read_inputs
+
+    s = embed(a.model, read_inputs(a.input, a.frames), a.out, batch=a.batch, workers=a.workers, flip=a.flip,
+              device=a.device, chunk=a.chunk)
+    print(f"embedded {s['count']} images ({s['dim']}-d, model {s['fingerprint']}); {len(s['skipped'])} skipped")
+    for sk in s["skipped"][:20]:
+        print(f"  skipped {sk['path']}: {sk['error']}")
+    return 0
+
+
+def _embed_for_index(a, out_feats):
+    from .deploy.embed import embed, load_features
+    from .deploy.inputs import read_inputs
+    s = embed(a.model, read_inputs(a.input, a.frames), out_feats, batch=a.batch, workers=a.workers, device=a.device)
+    feats, side = load_features(out_feats, mmap=False)
+    return feats, side, s
+
+
+def cmd_index(a) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from .deploy.index import Index
+    out = Path(a.index)
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        feats, side, s = _embed_for_index(a, Path(tmp) / "feats.npy")
+        if a.icmd == "build":
+            if (out / "index.json").exists():
+                raise UserError(f"{out} already holds an index; use 'scireid index add' or another folder")
+            from .engine.rundir import check_out_dir
+            check_out_dir(out, marker="index.json")
+            idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model))
+        else:
+            idx = Index.load(out)
+            idx.add(feats, side["rows"], side["fingerprint"])
+        idx.save(out)
+    rec = idx.params.get("recall@10_vs_exact")
+    print(f"{out}: {len(idx)} vectors ({idx.kind}, {idx.dim}-d, model {idx.fingerprint})"
+          + (f"; recall@10 vs exact {rec:.3f}" if rec is not None else "") + f"; {len(s['skipped'])} images skipped")
+    return 0
+
+
+def cmd_search(a) -> int:
+    from pathlib import Path
+
+    from .deploy.backend import check_fingerprint, embed_arrays, open_backend
+    from .deploy.embed import load_image
+    from .deploy.html import write_results_html
+    from .deploy.index import Index, results_table
+    from .deploy.inputs import read_inputs
+
+    idx = Index.load(a.index)
+    model = a.model or idx.model
+    be = open_backend(model, a.device)
+    check_fingerprint(be.fingerprint, idx.fingerprint, f"index {a.index}")
+    items = read_inputs(a.query, a.frames)
+    arrays, kept = [], []
+    for it in items:
+        try:
+            arrays.append(be.pre(load_image(it)))
+            kept.append(it)
+        except Exception as e:
+            print(f"skipped query {it.path}: {type(e).__name__}: {e}", file=sys.stderr)
+    if not kept:
+        raise UserError("no readable query image")
+    q = np.concatenate([embed_arrays(be, arrays[i:i + 64]) for i in range(0, len(arrays), 64)])
+    cams = [it.camid for it in kept] if a.exclude_same_camera else None
+    scores, ids = idx.search(q, a.topk, exclude_camids=cams)
+    res = results_table(idx, kept, scores, ids)
+    if a.html:
+        write_results_html(res, a.html, title=f"scireid search in {Path(a.index).name}")
+    if a.json:
+        print(json.dumps(res, indent=1))
+    else:
+        for r in res:
+            print(f"query {r['query']['path']}")
+            for h in r["results"]:
+                meta = " ".join(f"{k}={h[k]}" for k in ("pid", "camid", "clothes_id") if h.get(k, -1) >= 0)
+                mark = {True: " [same id]", False: " [other id]", None: ""}[h["same_identity"]]
+                print(f"  {h['rank']:>3}  {h['score']:.4f}  {h['path']}  {meta}{mark}")
+    if a.html:
+        print(f"wrote {a.html}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .deploy.export import check_parity, export_onnx
+
+    info = export_onnx(a.run, a.out, opset=a.opset, dynamic_batch=a.dynamic_batch or a.check, fp16=a.fp16)
+    print(f"wrote {info['onnx']}: input images N x 3 x {info['preprocess']}; output N x {info['dim']} L2-normalised; "
+          f"fingerprint {info['fingerprint']}")
+    if a.check:
+        imgs = None
+        if a.images:
+            from .deploy.inputs import read_input
+            imgs = [it.path for it in read_input(a.images)][:64]
+        r = check_parity(a.run, a.out, imgs)
+        tol_ok = r["min_cosine"] >= 0.999 if a.fp16 else r["max_abs_diff"] <= 1e-4
+        print(f"parity on {r['images']} images: max |diff| {r['max_abs_diff']:.2e}, min cosine {r['min_cosine']:.6f} "
+              f"({'OK' if tol_ok else 'FAILED'}: {'cosine >= 0.999' if a.fp16 else 'max |diff| <= 1e-4'})")
+        return 0 if tol_ok else 1
+    return 0
+
+
+def _deploy_args(p) -> None:
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="decoding processes")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--frames", help="frame folder for a MOT detection file (default: ../img1)")
+
+
+def _cmd_index_add(a) -> int:
+    from .deploy.index import Index
+    if a.model is None:
+        a.model = Index.load(a.index).model
+    a.icmd = "add"
+    return cmd_index(a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="scireid_demo")
     d.add_argument("--quick", action="store_true", help="baseline and SCI only, one seed (< 5 min on 2 cores)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--ids", type=int, default=120, help="identities in the synthetic set (half train, half test)")
+    d.add_argument("--ids", type=int, help="identities in the synthetic set, half train, half test (default 120; "
+                                           "80 with --quick)")
     d.add_argument("overrides", nargs="*", help="section.key=value applied to every variant")
     d.set_defaults(fn=cmd_demo)
+
+    pt = sub.add_parser("pretrain", help="contrastive image-text pretraining of a small CLIP on captioned synthetic people")
+    pt.add_argument("--out", default="runs/prior")
+    pt.add_argument("--images", type=int, help="corpus size (default 16000)")
+    pt.add_argument("--epochs", type=int, help="default 12")
+    pt.add_argument("--seed", type=int, help="corpus and training seed (default 0)")
+    pt.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
+    pt.add_argument("--eval", metavar="FILE", help="only score FILE zero-shot on the held-out set")
+    pt.add_argument("--arch", default="synth-clip", help="architecture of --eval FILE")
+    pt.add_argument("--json", action="store_true", help="with --eval: JSON output")
+    pt.add_argument("overrides", nargs="*", help="key=value: arch, lr, batch_size, height, width, ... (PretrainConfig)")
+    pt.set_defaults(fn=cmd_pretrain, command_line=None)
 
     s = sub.add_parser("synth", help="write the synthetic cloth-changing dataset (LTCC layout)")
     s.add_argument("out")
@@ -110,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value")
     t.add_argument("--stage", choices=["1", "2", "all"], default="all")
     t.add_argument("--variant", help="baseline | sse | sim | full | self_attention (configs/variants)")
+    t.add_argument("--backbone", choices=["rn", "vit"],
+                   help="CLIP-ReID recipe layer (configs/backbones); default: from model.arch")
     t.add_argument("--out", help="run directory (run.out)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--compile", action="store_true", help="torch.compile the image encoder")
@@ -120,6 +293,58 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.name=prcc data.root=/data")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
+
+    pr = sub.add_parser("presets", help="list presets, variants, backbone recipes, architectures and weights")
+    pr.set_defaults(fn=cmd_presets)
+
+    em = sub.add_parser("embed", help="embed images with a trained run or .onnx file into FEATS.npy + FEATS.json")
+    em.add_argument("model", metavar="RUN", help="run directory, checkpoint, or exported .onnx")
+    em.add_argument("input", nargs="+", metavar="INPUT",
+                    help="folder (recursive), image, text file of paths, CSV manifest, or MOT det file / sequence folder")
+    em.add_argument("--out", required=True, metavar="FEATS")
+    _deploy_args(em)
+    em.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    em.add_argument("--chunk", type=int, default=2048, help="images per resumable chunk")
+    em.set_defaults(fn=cmd_embed)
+
+    ix = sub.add_parser("index", help="build or extend a faiss gallery index").add_subparsers(dest="icmd", required=True)
+    ib = ix.add_parser("build", help="embed INPUT with RUN and index it into the folder INDEX")
+    ib.add_argument("model", metavar="RUN")
+    ib.add_argument("input", nargs="+", metavar="INPUT")
+    ib.add_argument("--out", required=True, dest="index", metavar="INDEX")
+    ib.add_argument("--kind", default="exact", choices=["exact", "ivf", "ivf-pq", "hnsw"],
+                    help="exact (default), or approximate: ivf, ivf-pq, hnsw (recall vs exact is reported)")
+    _deploy_args(ib)
+    ib.set_defaults(fn=cmd_index)
+    ia = ix.add_parser("add", help="embed INPUT with the index's model and append it")
+    ia.add_argument("index", metavar="INDEX")
+    ia.add_argument("input", nargs="+", metavar="INPUT")
+    ia.add_argument("--model", help="RUN or .onnx (default: the one the index was built with)")
+    _deploy_args(ia)
+    ia.set_defaults(fn=_cmd_index_add)
+
+    se = sub.add_parser("search", help="rank an index's gallery for each query image")
+    se.add_argument("index", metavar="INDEX")
+    se.add_argument("query", nargs="+", metavar="QUERY", help="images, folders, lists or a CSV manifest")
+    se.add_argument("--topk", type=int, default=10)
+    se.add_argument("--json", action="store_true")
+    se.add_argument("--html", metavar="OUT.html", help="write a self-contained results page")
+    se.add_argument("--exclude-same-camera", action="store_true", help="drop results from the query's camera (needs camid)")
+    se.add_argument("--model", help="RUN or .onnx to embed the queries (default: the index's)")
+    se.add_argument("--device")
+    se.add_argument("--frames", help=argparse.SUPPRESS)
+    se.set_defaults(fn=cmd_search)
+
+    ex = sub.add_parser("export", help="export the test-time forward to ONNX (with --check: parity with PyTorch)")
+    ex.add_argument("run", metavar="RUN")
+    ex.add_argument("--format", default="onnx", choices=["onnx"])
+    ex.add_argument("--out", required=True, metavar="MODEL.onnx")
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--dynamic-batch", action="store_true")
+    ex.add_argument("--fp16", action="store_true")
+    ex.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch; exit 1 if out of tolerance")
+    ex.add_argument("--images", metavar="DIR", help="with --check: images to compare on (default: random inputs)")
+    ex.set_defaults(fn=cmd_export)
 
     from .analysis.cli import add_analysis_commands
     add_analysis_commands(sub)

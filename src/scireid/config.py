@@ -80,7 +80,7 @@ class Stage2Config:
     milestones: list[int] = field(default_factory=lambda: [40, 70])
     lr_gamma: float = 0.1
     label_smoothing: float = 0.1
-    id_weight: float = 0.25  # CLIP-ReID's CNN recipe
+    id_weight: float = 1.0  # CLIP-ReID's CNN recipe (cnn_clipreid.yml); its ViT recipe uses 0.25
     triplet_weight: float = 1.0
     triplet_margin: float = 0.3
     i2t_weight: float = 1.0
@@ -228,6 +228,15 @@ def list_variants() -> list[str]:
     return sorted(p.stem for p in (PRESET_DIR / "variants").glob("*.yaml"))
 
 
+def list_backbones() -> list[str]:
+    return sorted(p.stem for p in (PRESET_DIR / "backbones").glob("*.yaml"))
+
+
+def backbone_of(arch: str) -> str:
+    """Which recipe layer an architecture takes: ``vit`` for ViTs, ``rn`` for ResNets."""
+    return "vit" if "vit" in arch.lower() else "rn"
+
+
 def resolve_preset(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.exists():
@@ -242,22 +251,97 @@ def load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return data or {}
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at} ({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping of config sections")
+    return data
 
 
-def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = (), variant: str | None = None) -> Config:
-    """Defaults <- preset YAML <- variant YAML <- ``key=value`` overrides."""
-    cfg = Config()
+def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = (), variant: str | None = None,
+                backbone: str | None = None) -> Config:
+    """Defaults <- backbone recipe YAML <- preset YAML <- variant YAML <- ``key=value`` overrides.
+
+    The backbone layer (``configs/backbones/rn.yaml`` or ``vit.yaml``, CLIP-ReID's two recipes) is
+    chosen from the architecture the preset and overrides name, unless ``backbone`` is given.
+    """
+    preset_data: dict[str, Any] = {}
+    path = None
     if preset:
         path = resolve_preset(preset)
-        merge_dict(cfg, load_yaml(path), str(path))
+        preset_data = load_yaml(path)
+    if backbone is None:
+        probe = merge_dict(Config(), preset_data, str(path))
+        apply_overrides(probe, [o for o in overrides if o.strip().startswith("model.arch=")])
+        backbone = backbone_of(probe.model.arch)
+    bpath = PRESET_DIR / "backbones" / f"{backbone}.yaml"
+    if not bpath.exists():
+        raise ConfigError(f"backbone {backbone!r} unknown; backbones: {', '.join(list_backbones())}")
+    cfg = merge_dict(Config(), load_yaml(bpath), str(bpath))
+    merge_dict(cfg, preset_data, str(path))
     if variant:
         vpath = PRESET_DIR / "variants" / f"{variant}.yaml"
         if not vpath.exists():
             raise ConfigError(f"variant {variant!r} unknown; variants: {', '.join(list_variants())}")
         merge_dict(cfg, load_yaml(vpath), str(vpath))
     apply_overrides(cfg, overrides)
+    return cfg
+
+
+def validate_config(cfg: Config) -> Config:
+    """Everything a run (both stages and evaluation) will need, checked before the first step."""
+    import math
+    import re
+
+    for section in _field_types(Config):
+        sub = getattr(cfg, section)
+        for key, typ in _field_types(type(sub)).items():
+            v = getattr(sub, key)
+            vals = v if isinstance(v, list) else [v]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in vals):
+                raise ConfigError(f"{section}.{key}={v}: expected a finite number")
+    positive = ["stage1.epochs", "stage1.batch_size", "stage2.epochs", "stage2.batch_size", "data.num_instances",
+                "data.height", "data.width", "eval.batch_size", "eval.chunk", "model.n_ctx", "run.checkpoint_every",
+                "stage1.lr", "stage2.lr", "stage2.cal_lr", "stage1.temperature", "data.prcc_trials"]
+    for dotted in positive:
+        s, k = dotted.split(".")
+        if not getattr(getattr(cfg, s), k) > 0:
+            raise ConfigError(f"{dotted}={getattr(getattr(cfg, s), k)}: expected a positive value")
+    non_negative = ["stage1.weight_decay", "stage2.weight_decay", "stage1.warmup_epochs", "stage2.warmup_epochs",
+                    "data.workers", "data.padding", "stage2.id_weight", "stage2.triplet_weight", "stage2.i2t_weight",
+                    "stage2.cal_weight", "stage1.lambda1", "stage1.lambda2", "run.checkpoint_steps",
+                    "run.max_steps_per_epoch", "stage1.warmup_lr", "stage1.min_lr"]
+    for dotted in non_negative:
+        s, k = dotted.split(".")
+        if getattr(getattr(cfg, s), k) < 0:
+            raise ConfigError(f"{dotted}={getattr(getattr(cfg, s), k)}: expected a value >= 0")
+    for dotted in ("data.flip_prob", "data.erasing_prob", "stage2.label_smoothing", "stage2.cal_epsilon"):
+        s, k = dotted.split(".")
+        if not 0 <= getattr(getattr(cfg, s), k) < 1 + (k.endswith("prob")):
+            raise ConfigError(f"{dotted}={getattr(getattr(cfg, s), k)}: expected a value in [0, 1]")
+    if not 0 < cfg.stage2.warmup_factor <= 1:
+        raise ConfigError(f"stage2.warmup_factor={cfg.stage2.warmup_factor}: expected a value in (0, 1]")
+    if cfg.stage2.batch_size % cfg.data.num_instances:
+        raise ConfigError(f"stage2.batch_size={cfg.stage2.batch_size}: must be a multiple of data.num_instances="
+                          f"{cfg.data.num_instances} (P identities x K images)")
+    if any(m <= 0 for m in cfg.stage2.milestones) or cfg.stage2.milestones != sorted(cfg.stage2.milestones):
+        raise ConfigError(f"stage2.milestones={cfg.stage2.milestones}: expected increasing positive epochs")
+    if len(cfg.data.pixel_mean) != 3 or len(cfg.data.pixel_std) != 3 or min(cfg.data.pixel_std) <= 0:
+        raise ConfigError("data.pixel_mean / data.pixel_std: expected 3 values each, std > 0")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.run.device):
+        raise ConfigError(f"run.device={cfg.run.device!r}: expected auto, cpu, cuda or cuda:N")
+    from .models.backbone import input_multiple, list_models
+    if cfg.model.arch not in list_models():
+        raise ConfigError(f"model.arch={cfg.model.arch!r} unknown; available: {', '.join(list_models())}")
+    mult = input_multiple(cfg.model.arch)
+    if cfg.data.height % mult or cfg.data.width % mult:
+        raise ConfigError(f"data.height={cfg.data.height} data.width={cfg.data.width}: {cfg.model.arch} needs both to be "
+                          f"multiples of {mult}")
+    from .models.weights import check_weights_setting
+    check_weights_setting(cfg.model.weights, cfg.model.arch)
     return cfg
 
 

@@ -21,26 +21,77 @@ from .io_utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("scireid")
 
-VARIANT_ROWS = {"baseline": "Baseline (CLIP-ReID)", "sse": "+ SSE", "sim": "+ SIM", "full": "SCI (SSE + SIM + CAL)"}
+VARIANT_ROWS = {"zero-shot": "CLIP zero-shot (no ReID training)", "baseline": "Baseline (CLIP-ReID)", "sse": "+ SSE",
+                "sim": "+ SIM (with CAL)", "full": "SCI (SSE + SIM + CAL)"}
 SETTINGS = ("general", "cloth-changing")
 # The CPU recipe is the `synthetic` preset, the same for every variant; only the switches differ.
 DEMO_OVERRIDES = ["run.tensorboard=false"]
+# --quick: a smoke run of the same recipe, shorter (2 runs in a few minutes on 2 cores)
+QUICK_OVERRIDES = ["stage2.epochs=8", "stage2.milestones=[7]", "stage2.eval_every=8", "stage2.cal_start_epoch=4"]
 
 
-def _train_one(variant: str, seed: int, data_root: Path, out: Path, overrides: list[str]) -> dict[str, Any]:
+def _demo_config(variant: str, seed: int, data_root: Path, run: Path, overrides: list[str]):
+    meta = json.loads((data_root / "synthetic.json").read_text())
+    return load_config("synthetic", [f"data.root={data_root}", f"run.out={run}", f"run.seed={seed}",
+                                     f"data.synth_ids={meta['ids']}", f"data.synth_seed={meta['seed']}",
+                                     *DEMO_OVERRIDES, *overrides], variant=variant)
+
+
+def _train_one(variant: str, seed: int, data_root: Path, runs: Path, overrides: list[str]) -> dict[str, Any]:
     from .engine.trainer import train
 
-    run = out / "runs" / f"{variant}-seed{seed}"
-    done = run / "results.json"
+    run = runs / f"{variant}-seed{seed}"
+    done = run / "demo_result.json"
     if done.exists():
         log.info("%s seed %d: cached in %s", variant, seed, run)
         return json.loads(done.read_text())
-    cfg = load_config("synthetic", [f"data.root={data_root}", f"run.out={run}", f"run.seed={seed}", *DEMO_OVERRIDES,
-                                    *overrides], variant=variant)
+    cfg = _demo_config(variant, seed, data_root, run, overrides)
     t0 = time.time()
     resume = (run / "config.yaml").exists()
     res = train(cfg, resume=resume)
     res["seconds"] = time.time() - t0
+    res["mechanism"] = measure_mechanism(run, data_root, variant)
+    atomic_write_json(done, res)
+    return res
+
+
+def measure_mechanism(run: Path, data_root: Path, variant: str) -> dict[str, Any]:
+    """Prompt decoding, SIM attention (SIM runs) or Grad-CAM (others) shares on trait vs garment pixels."""
+    from .analysis.common import load_run
+    from .analysis.mechanism import gradcam_mass, prompt_decoding, read_synthetic_meta, sim_attention_mass
+    from .data.loading import build_transforms
+
+    lr = load_run(run, device="cpu")
+    meta = read_synthetic_meta(data_root)
+    out: dict[str, Any] = {}
+    if meta is not None and "outfits_worn" in meta:
+        out["prompt_decoding"] = prompt_decoding(lr.model, lr.ds, meta)
+    d = lr.cfg.data
+    tf = build_transforms(d.height, d.width, d.pixel_mean, d.pixel_std, train=False)
+    if lr.model.sim is not None:
+        out["sim_attention"] = sim_attention_mass(lr.model, lr.ds.test, data_root, tf)
+    out["gradcam"] = gradcam_mass(lr, lr.ds.test, data_root)
+    return out
+
+
+def zero_shot_row(data_root: Path, runs: Path, overrides: list[str]) -> dict[str, Any]:
+    """The pretrained CLIP's image features with no ReID training, like CLIP-ReID's zero-shot rows."""
+    from .data.source import load_dataset
+    from .engine.distributed import DistContext
+    from .engine.evaluation import test_features
+    from .engine.trainer import model_spec
+    from .eval.protocols import run_protocols
+    from .models.sci import build_model
+
+    done = runs / "zero-shot" / "demo_result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    cfg = _demo_config("baseline", 0, data_root, done.parent, overrides)
+    ds = load_dataset(cfg)
+    model = build_model(model_spec(cfg, ds), cfg.model.weights)
+    res = {"last": run_protocols(ds, test_features(model, ds, cfg, DistContext())), "weights": cfg.model.weights,
+           "seconds": time.time() - t0}
     atomic_write_json(done, res)
     return res
 
@@ -54,24 +105,30 @@ def run_demo(out: str | Path = "scireid_demo", quick: bool = False, seed: int = 
              overrides: list[str] | tuple[str, ...] = (), ids: int = 120) -> dict[str, Any]:
     from .data.synthetic import ensure_synthetic
 
+    from .engine.rundir import check_out_dir
+
     out = Path(out)
+    check_out_dir(out, marker=("runs", "report.md"))
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     log.info("[1/3] synthetic cloth-changing data (cached in %s)", out / "data")
-    data_root = ensure_synthetic(out / "data", ids=ids, seed=seed)
+    data_root = ensure_synthetic(out / f"data-ids{ids}-seed{seed}", ids=ids, seed=seed)
+    runs = out / "runs" / f"{'quick' if quick else 'full'}-ids{ids}"
     variants = ["baseline", "full"] if quick else ["baseline", "sse", "sim", "full"]
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
     jobs = [(v, s) for s in seeds for v in variants]
     log.info("[2/3] training %d runs (%s x seeds %s) with the two-stage engine", len(jobs), ", ".join(variants), seeds)
-    results: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in variants}
+    zs = zero_shot_row(data_root, runs, (QUICK_OVERRIDES if quick else []) + list(overrides))
+    results: dict[str, dict[int, dict[str, Any]]] = {"zero-shot": {s: zs for s in seeds}}
+    results.update({v: {} for v in variants})
     bar = tqdm(jobs, desc="demo runs", unit="run", file=sys.stderr, disable=not sys.stderr.isatty())
     for v, s in bar:
         bar.set_postfix_str(f"{v} seed {s}")
         if not sys.stderr.isatty():
             log.info("run %d/%d: %s seed %d", jobs.index((v, s)) + 1, len(jobs), v, s)
-        results[v][s] = _train_one(v, s, data_root, out, list(overrides))
+        results[v][s] = _train_one(v, s, data_root, runs, (QUICK_OVERRIDES if quick else []) + list(overrides))
     log.info("[3/3] report")
-    report = build_report(out, results, seeds, quick, time.time() - t_start)
+    report = build_report(out, results, seeds, quick, time.time() - t_start, overrides)
     log.info("report: %s", out / "report.md")
     return report
 
@@ -82,7 +139,7 @@ def _stats(results: dict[int, dict[str, Any]], setting: str, metric: str) -> tup
 
 
 def build_report(out: Path, results: dict[str, dict[int, dict[str, Any]]], seeds: list[int], quick: bool,
-                 seconds: float) -> dict[str, Any]:
+                 seconds: float, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for v, per_seed in results.items():
         table[v] = {st: {m: dict(zip(("mean", "std", "values"), _stats(per_seed, st, m))) for m in ("R-1", "mAP")}
@@ -90,7 +147,7 @@ def build_report(out: Path, results: dict[str, dict[int, dict[str, Any]]], seeds
     verdicts = []
     base = table.get("baseline")
     for v in results:
-        if v == "baseline" or base is None:
+        if v in ("baseline", "zero-shot") or base is None:
             continue
         for st in SETTINGS:
             for m in ("R-1", "mAP"):
@@ -104,22 +161,27 @@ def build_report(out: Path, results: dict[str, dict[int, dict[str, Any]]], seeds
                 else:
                     verdict = f"within the seed spread ({spread:.1f})"
                 verdicts.append({"variant": v, "setting": st, "metric": m, "diff": diff, "verdict": verdict})
-    checks = component_checks(out, results)
-    curves_png = plot_curves(out, results)
+    checks = component_checks(runs, results)
+    curves_png = plot_curves(out, runs, results)
     timing = {f"{v}-seed{s}": r.get("seconds") for v, rs in results.items() for s, r in rs.items()}
-    report = {"quick": quick, "seeds": seeds, "table": table, "differences_vs_baseline": verdicts,
+    cfg = load_config("synthetic", list(overrides))
+    report = {"quick": quick, "seeds": seeds, "arch": cfg.model.arch, "weights": cfg.model.weights,
+              "input": f"{cfg.data.height}x{cfg.data.width}", "table": table, "differences_vs_baseline": verdicts,
               "component_checks": checks, "timings_s": timing, "total_s": seconds, "curves": curves_png}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
     return report
 
 
-def component_checks(out: Path, results) -> dict[str, Any]:
+def component_checks(runs: Path, results) -> dict[str, Any]:
     """Does each part train as intended? gamma leaves 0; CAL's clothes classifier is fought."""
+    import math
     checks: dict[str, Any] = {}
     for v, rs in results.items():
+        if v == "zero-shot":
+            continue
         for s in rs:
-            recs = [r for r in _curves(out / "runs" / f"{v}-seed{s}") if r["stage"] == "stage2"]
+            recs = [r for r in _curves(runs / f"{v}-seed{s}") if r["stage"] == "stage2"]
             c: dict[str, Any] = {}
             if recs and "gamma" in recs[-1]:
                 c["gamma_final"] = recs[-1]["gamma"]
@@ -132,23 +194,51 @@ def component_checks(out: Path, results) -> dict[str, Any]:
             if cal:
                 c["clothes_acc_first_cal_epoch"] = cal[0]["clothes_acc"]
                 c["cal_loss_last"] = cal[-1]["cal"]
-            s1 = [r for r in _curves(out / "runs" / f"{v}-seed{s}") if r["stage"] == "stage1"]
+            s1 = [r for r in _curves(runs / f"{v}-seed{s}") if r["stage"] == "stage1"]
             if s1 and "S_id" in s1[-1]:
                 c["S_id_first"], c["S_id_last"] = s1[0]["S_id"], s1[-1]["S_id"]
                 c["S_clo_first"], c["S_clo_last"] = s1[0]["S_clo"], s1[-1]["S_clo"]
+            if s1:
+                cfg_bs = _stage1_batch(runs / f"{v}-seed{s}")
+                c["stage1_i2t_last"], c["stage1_t2i_last"] = s1[-1]["i2t"], s1[-1]["t2i"]
+                c["ln_batch"] = math.log(cfg_bs)
+                c["stage1_i2t_over_ln_batch"] = s1[-1]["i2t"] / math.log(cfg_bs)
+                c["stage1_t2i_over_ln_batch"] = s1[-1]["t2i"] / math.log(cfg_bs)
+            mech = rs[s].get("mechanism") or {}
+            pdec = mech.get("prompt_decoding")
+            if pdec:
+                for which in ("T_id", "prototype"):
+                    c[f"decode_{which}_identity"] = pdec[which]["identity_accuracy"]
+                    c[f"decode_{which}_clothes"] = pdec[which]["clothes_accuracy"]
+                c["decode_identity_chance"] = pdec["prototype"]["identity_chance"]
+                c["decode_clothes_chance"] = pdec["prototype"]["clothes_chance"]
+            if mech.get("sim_attention"):
+                sa = mech["sim_attention"]
+                c["sim_attn_trait"], c["sim_attn_garment"] = sa["trait_mass"], sa["garment_mass"]
+                c["uniform_trait"], c["uniform_garment"] = sa["uniform_trait_mass"], sa["uniform_garment_mass"]
+            if mech.get("gradcam"):
+                c["gradcam_trait"], c["gradcam_garment"] = mech["gradcam"]["trait_mass"], mech["gradcam"]["garment_mass"]
             checks[f"{v}-seed{s}"] = c
     return checks
 
 
-def plot_curves(out: Path, results) -> str:
+def _stage1_batch(run: Path) -> int:
+    import yaml
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    return int(cfg["stage1"]["batch_size"])
+
+
+def plot_curves(out: Path, runs: Path, results) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for v, rs in results.items():
+        if v == "zero-shot":
+            continue
         for i, s in enumerate(rs):
-            recs = [r for r in _curves(out / "runs" / f"{v}-seed{s}") if r["stage"] == "stage2"]
+            recs = [r for r in _curves(runs / f"{v}-seed{s}") if r["stage"] == "stage2"]
             ep = [r["epoch"] for r in recs]
             lab = VARIANT_ROWS[v] if i == 0 else None
             color = {"baseline": "C0", "sse": "C1", "sim": "C2", "full": "C3"}[v]
@@ -166,14 +256,17 @@ def plot_curves(out: Path, results) -> str:
 def render_markdown(rep: dict[str, Any]) -> str:
     seeds = rep["seeds"]
     L = ["# scireid demo: CLIP-ReID baseline vs SCI on synthetic cloth-changing data", "",
-         f"Mode: {'quick' if rep['quick'] else 'full'}; seeds {seeds}; tiny random-init CLIP (`tiny-rn`), "
-         f"64x32 input, the same recipe for every variant. Total time {rep['total_s'] / 60:.1f} min.", "",
+         f"Mode: {'quick' if rep['quick'] else 'full'}; seeds {seeds}; CLIP `{rep['arch']}` with weights "
+         f"`{rep['weights']}`, {rep['input']} input, the same recipe for every variant. "
+         f"Total time {rep['total_s'] / 60:.1f} min.", "",
          "## Results (last epoch, mean ± std over seeds), in the shape of the paper's Table II", "",
          "| variant | general R-1 | general mAP | cloth-changing R-1 | cloth-changing mAP |",
          "|---|---|---|---|---|"]
 
     def cell(x):
-        return f"{x['mean']:.1f}" + (f" ± {x['std']:.1f}" if np.isfinite(x["std"]) else "")
+        std = x["std"]
+        return f"{x['mean']:.1f}" + (f" ± {std:.1f}" if std is not None and np.isfinite(std) and len(set(x["values"])) > 1
+                                     or (std is not None and np.isfinite(std) and std > 0) else "")
     for v, t in rep["table"].items():
         L.append(f"| {VARIANT_ROWS[v]} | {cell(t['general']['R-1'])} | {cell(t['general']['mAP'])} | "
                  f"{cell(t['cloth-changing']['R-1'])} | {cell(t['cloth-changing']['mAP'])} |")
@@ -203,9 +296,38 @@ def render_markdown(rep: dict[str, Any]) -> str:
         si = f"{c['S_id_first']:.3f} → {c['S_id_last']:.3f}" if "S_id_last" in c else "—"
         sc = f"{c['S_clo_first']:.3f} → {c['S_clo_last']:.3f}" if "S_clo_last" in c else "—"
         L.append(f"| {run} | {g} | {ca} | {si} | {sc} |")
+    fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
+    L += ["", "## Stage 1: do the prompts learn? (final contrastive losses vs ln(batch), chance level)", "",
+          "| run | i2t | t2i | ln(batch) | i2t / ln(batch) | t2i / ln(batch) |", "|---|---|---|---|---|---|"]
+    for run, c in rep["component_checks"].items():
+        if "stage1_i2t_last" in c:
+            L.append(f"| {run} | {c['stage1_i2t_last']:.3f} | {c['stage1_t2i_last']:.3f} | {c['ln_batch']:.3f} | "
+                     f"{c['stage1_i2t_over_ln_batch']:.2f} | {c['stage1_t2i_over_ln_batch']:.2f} |")
+    L += ["", "## Prompt decoding (top-1 %, attribute phrases ranked by cosine; the generator's truth)", "",
+          "Identity traits: skin, hair colour and style, shoes, glasses, bag, build. Clothes: top colour / pattern / "
+          "sleeves, bottom colour / kind (right if any outfit the identity trained in has it). SSE should raise the "
+          "first and lower the second in the prototype (T_ort) relative to T_id.", "",
+          "| run | T_id: identity | T_id: clothes | prototype: identity | prototype: clothes | chance identity / clothes |",
+          "|---|---|---|---|---|---|"]
+    for run, c in rep["component_checks"].items():
+        if "decode_T_id_identity" in c:
+            L.append(f"| {run} | {fmt(c['decode_T_id_identity'])} | {fmt(c['decode_T_id_clothes'])} | "
+                     f"{fmt(c['decode_prototype_identity'])} | {fmt(c['decode_prototype_clothes'])} | "
+                     f"{fmt(c['decode_identity_chance'])} / {fmt(c['decode_clothes_chance'])} |")
+    L += ["", "## Where the model looks: share of attention on identity-trait vs garment pixels", "",
+          "SIM: its pooled text-to-visual cross-attention over the feature map's tokens (uniform attention in "
+          "brackets). Grad-CAM: of the retrieval feature, every run. From the part masks the generator writes.", "",
+          "| run | SIM attn on traits | SIM attn on garments | Grad-CAM on traits | Grad-CAM on garments |",
+          "|---|---|---|---|---|"]
+    for run, c in rep["component_checks"].items():
+        sim_t = f"{c['sim_attn_trait']:.3f} ({c['uniform_trait']:.3f})" if "sim_attn_trait" in c else "—"
+        sim_g = f"{c['sim_attn_garment']:.3f} ({c['uniform_garment']:.3f})" if "sim_attn_garment" in c else "—"
+        L.append(f"| {run} | {sim_t} | {sim_g} | {fmt(c.get('gradcam_trait'))} | {fmt(c.get('gradcam_garment'))} |")
     L += ["", "## Training curves", "", f"![curves]({rep['curves']})", "", "## Timings", "",
           "| run | seconds |", "|---|---|"]
     for run, s in rep["timings_s"].items():
         L.append(f"| {run} | {s:.0f} |" if s is not None else f"| {run} | cached |")
+    L += ["", "The zero-shot row is the pretrained CLIP's own image features (no ReID training); it does not depend "
+              "on the seed."]
     L.append("")
     return "\n".join(L)

@@ -45,14 +45,19 @@ class Embedder:
 
 def load(run_dir_or_checkpoint: str | Path, device: str | torch.device | None = None) -> Embedder:
     """Best checkpoint of a run directory (else its last), or a given ``.safetensors`` file."""
+    from .errors import CheckpointError
+
     ckpt = resolve_checkpoint(run_dir_or_checkpoint)
     meta = read_meta(ckpt)
+    if "spec" not in meta:
+        raise CheckpointError(f"{ckpt}: not a scireid checkpoint (its metadata has no model spec); expected a run "
+                              f"directory or a .safetensors written by scireid train")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = SCIModel(ModelSpec(**meta["spec"])).to(dev)
     load_weights(ckpt, model)
     cfg = meta.get("config", {}).get("data", {})
     mean, std = meta.get("pixel_mean") or cfg.get("pixel_mean"), meta.get("pixel_std") or cfg.get("pixel_std")
     if mean is None or std is None:
-        from .errors import CheckpointError
-        raise CheckpointError(f"{ckpt}: no pixel_mean/pixel_std in its metadata; it was not written by scireid train")
+        raise CheckpointError(f"{ckpt}: a stage-1 checkpoint (no image normalisation recorded); load a stage-2 "
+                              f"checkpoint (model_best, model_last or stage2/last) instead")
     return Embedder(model, mean, std, dev)

@@ -7,16 +7,47 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import UserError
+
+
+class DiskFull(UserError):
+    pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` then rename onto ``path`` (same directory, so rename is atomic)."""
+    """Call ``writer(tmp_path)`` then rename onto ``path`` (same directory, so rename is atomic).
+
+    The file gets the permissions any new file would (0666 less the umask), not the temporary
+    file's 0600, so teammates in the group can read a run. A full disk is reported as such.
+    """
+    import errno
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"no space left on the device writing {path}; the file as it was before is intact") from None
+        raise
+    except RuntimeError as e:  # torch.save reports a full disk as a RuntimeError ("unexpected pos ...")
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if "unexpected pos" in str(e) or "No space left" in str(e):
+            raise DiskFull(f"no space left on the device writing {path}; the file as it was before is intact") from None
+        raise
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -31,5 +62,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, w)
 
 
+def strict_json(data: Any) -> Any:
+    """NaN and infinities become null: browsers and jq reject them."""
+    import math
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    if hasattr(data, "item") and callable(data.item) and getattr(data, "ndim", 1) == 0:  # numpy / torch scalars
+        return strict_json(data.item())
+    return data
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, default=float) + "\n")
+    return atomic_write_text(path, json.dumps(strict_json(data), indent=2, default=float, allow_nan=False) + "\n")

@@ -20,12 +20,13 @@ class LoadedRun:
     model: SCIModel
     device: torch.device
     _ds: ReIDDataset | None = None
+    data_fingerprint: str | None = None
 
     @property
     def ds(self) -> ReIDDataset:
         if self._ds is None:
-            from ..engine.trainer import load_dataset
-            self._ds = load_dataset(self.cfg)
+            from ..data.source import load_dataset
+            self._ds = load_dataset(self.cfg, self.data_fingerprint)
         return self._ds
 
     def out_dir(self, name: str) -> Path:
@@ -57,11 +58,15 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), devi
 
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
+    if "config" not in meta or "spec" not in meta:
+        from ..errors import CheckpointError
+        raise CheckpointError(f"{ckpt}: not a scireid checkpoint (no config/spec in its metadata)")
     cfg = apply_overrides(config_from_dict(meta["config"]), list(overrides))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = SCIModel(ModelSpec(**meta["spec"])).to(dev).eval()
     load_weights(ckpt, model)
-    return LoadedRun(Path(path), ckpt, cfg, model, dev)
+    from ..data.source import expected_fingerprint
+    return LoadedRun(Path(path), ckpt, cfg, model, dev, data_fingerprint=expected_fingerprint(meta, cfg))
 
 
 def protocol_arrays(ds: ReIDDataset, name: str):

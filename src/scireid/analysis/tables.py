@@ -98,7 +98,7 @@ def prompt_interpretation(model: SCIModel, topk: int = 5, attributes: list[str] 
     clo_tokens = ({int(k): nearest(model.clothes_prompts.ctx[k]) for k in range(min(max_ids, model.spec.num_clothes))}
                   if model.clothes_prompts is not None else {})
     attributes = attributes or ATTRIBUTES
-    text = tok(attributes).to(model.prototypes.device)
+    text = tok(attributes, context_length=model.text.positional_embedding.shape[0]).to(model.prototypes.device)
     emb = model.token_embedding(text)
     attr = torch.nn.functional.normalize(model.text(emb, text).float(), dim=1)
     protos = torch.nn.functional.normalize(model.prototypes.float(), dim=1)

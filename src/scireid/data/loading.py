@@ -33,8 +33,8 @@ def build_transforms(height: int, width: int, mean: Sequence[float], std: Sequen
 
     size = (height, width)
     interp = T.InterpolationMode.BICUBIC
-    if not train:
-        return T.Compose([T.Resize(size, interpolation=interp), T.ToTensor(), T.Normalize(mean, std)])
+    if not train:  # CLIP-ReID's val transform: T.Resize's default (bilinear) interpolation
+        return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(), T.Normalize(mean, std)])
     return T.Compose([
         T.Resize(size, interpolation=interp),
         T.RandomHorizontalFlip(p=flip_prob),

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFilter
 log = logging.getLogger(__name__)
 
 H, W = 128, 64
+GENERATOR_VERSION = 2  # bump when the drawing changes: a cached set of another version is not reused
 PALETTE = np.array([  # garment colours
     (200, 30, 30), (30, 60, 170), (30, 140, 60), (230, 200, 40), (240, 240, 240), (25, 25, 25),
     (120, 120, 120), (150, 80, 30), (230, 120, 170), (100, 40, 130), (250, 140, 20), (20, 150, 160),
@@ -81,55 +82,81 @@ def _rand_camera(rng) -> Camera:
                   float(rng.uniform(0.0, 1.2)), float(rng.uniform(2, 10)))
 
 
-def _fill_pattern(draw, box, color, color2, pattern):
+# part labels of the mask ``render`` can return: what the cross-attention check scores against
+BACKGROUND, TRAIT, GARMENT = 0, 1, 2
+
+
+class _Painter:
+    """Draws on the image and, in parallel, a part-label mask (identity trait vs garment)."""
+
+    def __init__(self, img: Image.Image, with_mask: bool):
+        self.d = ImageDraw.Draw(img)
+        self.mask = Image.new("L", img.size, BACKGROUND) if with_mask else None
+        self.m = ImageDraw.Draw(self.mask) if with_mask else None
+
+    def __getattr__(self, shape):  # rectangle / ellipse / chord / polygon / line
+        def draw(*args, label: int, **kw):
+            getattr(self.d, shape)(*args, **kw)
+            if self.m is not None:
+                kw = {k: (label if k == "fill" else v) for k, v in kw.items()}
+                getattr(self.m, shape)(*args, **kw)
+        return draw
+
+
+def _fill_pattern(p: _Painter, box, color, color2, pattern, label: int):
     x0, y0, x1, y1 = box
-    draw.rectangle(box, fill=color)
+    p.rectangle(box, fill=color, label=label)
     if pattern == 1:
         for y in range(int(y0), int(y1), 4):
-            draw.rectangle((x0, y, x1, min(y + 1, y1)), fill=color2)
+            p.rectangle((x0, y, x1, min(y + 1, y1)), fill=color2, label=label)
     elif pattern == 2:
         for y in range(int(y0), int(y1), 6):
             for x in range(int(x0) + (y // 6 % 2) * 3, int(x1), 6):
-                draw.rectangle((x, y, min(x + 2, x1), min(y + 2, y1)), fill=color2)
+                p.rectangle((x, y, min(x + 2, x1), min(y + 2, y1)), fill=color2, label=label)
     elif pattern == 3:
         cx, cy = (x0 + x1) / 2, y0 + (y1 - y0) * 0.35
-        draw.ellipse((cx - 4, cy - 4, cx + 4, cy + 4), fill=color2)
+        p.ellipse((cx - 5, cy - 5, cx + 5, cy + 5), fill=color2, label=label)
 
 
-def render(ident: Identity, outfit: Outfit, cam: Camera, rng) -> Image.Image:
-    """One person image: camera background, body from identity, garments from outfit, camera effects."""
-    img = Image.new("RGB", (W, H))
+def render(ident: Identity, outfit: Outfit, cam: Camera, rng, with_mask: bool = False, seen: dict | None = None):
+    """One person image: camera background, body from identity, garments from outfit, camera effects.
+
+    The person fills the frame as a detector's box would. ``seen`` (if given) receives what is
+    visible in this view (a back view hides glasses and a front view a backpack; an occluder hides
+    the feet), so captions never name what the image does not show. With ``with_mask`` the
+    function returns ``(image, mask)``, the mask holding TRAIT / GARMENT / BACKGROUND per pixel.
+    """
     grad = np.linspace(0, 1, H)[:, None, None]
     bg = (1 - grad) * np.array(cam.bg_top) + grad * np.array(cam.bg_bottom)
     bg = np.repeat(bg, W, axis=1) + rng.normal(0, 6, (H, W, 3))
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
-    d = ImageDraw.Draw(img)
+    d = _Painter(img, with_mask)
 
     view = int(rng.integers(3))  # 0 front, 1 back, 2 side
     s = ident.height * rng.uniform(0.9, 1.05)
-    cx = W / 2 + rng.normal(0, 3)
-    top_y = 3 + rng.uniform(0, 5) + (1 - ident.height) * 30
-    bw = 32 * ident.build * (0.7 if view == 2 else 1.0)
-    head_r = 8.5 * ident.head
+    cx = W / 2 + rng.normal(0, 2)
+    top_y = 2 + rng.uniform(0, 4) + (1 - ident.height) * 24
+    bw = 38 * ident.build * (0.7 if view == 2 else 1.0)
+    head_r = 10.5 * ident.head
     skin = tuple(int(v) for v in SKIN[ident.skin])
     hair = tuple(int(v) for v in HAIR[ident.hair])
     col = lambda i: tuple(int(v) for v in PALETTE[i])  # noqa: E731
 
     hy = top_y + head_r
     torso_y0 = hy + head_r + 1
-    torso_y1 = torso_y0 + 44 * s
-    leg_y1 = min(H - 3, torso_y1 + 52 * s)
+    torso_y1 = torso_y0 + 42 * s
+    leg_y1 = min(H - 4, torso_y1 + 50 * s)
     # hair behind head (long / ponytail)
     if ident.hair_style == 1:
-        d.rectangle((cx - head_r - 1, hy, cx + head_r + 1, hy + head_r * 2.4), fill=hair)
-    d.ellipse((cx - head_r, hy - head_r, cx + head_r, hy + head_r), fill=skin)
+        d.rectangle((cx - head_r - 2, hy, cx + head_r + 2, hy + head_r * 2.4), fill=hair, label=TRAIT)
+    d.ellipse((cx - head_r, hy - head_r, cx + head_r, hy + head_r), fill=skin, label=TRAIT)
     if ident.hair_style != 3:
-        d.chord((cx - head_r - 1, hy - head_r - 1, cx + head_r + 1, hy + head_r * (1.6 if view == 1 else 0.2)),
-                180, 360, fill=hair)
+        d.chord((cx - head_r - 1, hy - head_r - 2, cx + head_r + 1, hy + head_r * (1.6 if view == 1 else 0.3)),
+                180, 360, fill=hair, label=TRAIT)
     if ident.hair_style == 2:
-        d.ellipse((cx + head_r - 2, hy - 3, cx + head_r + 4, hy + 6), fill=hair)
+        d.ellipse((cx + head_r - 3, hy - 4, cx + head_r + 6, hy + 8), fill=hair, label=TRAIT)
     if ident.glasses and view != 1:
-        d.rectangle((cx - head_r + 1, hy - 2, cx + head_r - 1, hy + 1), fill=(10, 10, 10))
+        d.rectangle((cx - head_r, hy - 3, cx + head_r, hy + 3), fill=(10, 10, 10), label=TRAIT)
     # arms: sleeve colour down to the elbow or the wrist, skin below
     arm_w = 7 * ident.build
     for sx in (-1, 1):
@@ -137,67 +164,88 @@ def render(ident: Identity, outfit: Outfit, cam: Camera, rng) -> Image.Image:
         if view == 2 and sx < 0:
             continue
         elbow = torso_y0 + (36 if outfit.long_sleeves else 14) * s
-        d.rectangle((ax0, torso_y0 + 1, ax1, elbow), fill=col(outfit.top))
-        d.rectangle((ax0, elbow, ax1, torso_y0 + 38 * s), fill=skin)
+        d.rectangle((ax0, torso_y0 + 1, ax1, elbow), fill=col(outfit.top), label=GARMENT)
+        d.rectangle((ax0, elbow, ax1, torso_y0 + 38 * s), fill=skin, label=TRAIT)
     # legs / bottom garment
     lw = bw / 2 - 1
-    knee = torso_y1 + (18 if outfit.bottom_kind == 1 else 44) * s
+    knee = torso_y1 + (18 if outfit.bottom_kind == 1 else 42) * s
     if outfit.bottom_kind == 2:
         d.polygon([(cx - bw / 2, torso_y1), (cx + bw / 2, torso_y1), (cx + bw / 2 + 5, torso_y1 + 24 * s),
-                   (cx - bw / 2 - 5, torso_y1 + 24 * s)], fill=col(outfit.bottom))
+                   (cx - bw / 2 - 5, torso_y1 + 24 * s)], fill=col(outfit.bottom), label=GARMENT)
         knee = torso_y1 + 24 * s
     for lx0 in (cx - bw / 2 + 1, cx + 1):
         if outfit.bottom_kind != 2:
             _fill_pattern(d, (lx0, torso_y1, lx0 + lw - 1, min(knee, leg_y1)), col(outfit.bottom),
-                          col(outfit.top2), outfit.bottom_pattern)
+                          col(outfit.top2), outfit.bottom_pattern, GARMENT)
         if knee < leg_y1:
-            d.rectangle((lx0 + 1, knee, lx0 + lw - 2, leg_y1), fill=skin)
-        d.rectangle((lx0 - 1, leg_y1 - 3, lx0 + lw, leg_y1 + 1), fill=tuple(int(v) for v in SHOES[ident.shoes]))
+            d.rectangle((lx0 + 1, knee, lx0 + lw - 2, leg_y1), fill=skin, label=TRAIT)
+        d.rectangle((lx0 - 2, leg_y1 - 6, lx0 + lw + 1, leg_y1 + 2), fill=tuple(int(v) for v in SHOES[ident.shoes]),
+                    label=TRAIT)
     # torso / top garment
+    top_pattern = outfit.top_pattern if view != 1 or outfit.top_pattern != 3 else 0
     _fill_pattern(d, (cx - bw / 2, torso_y0, cx + bw / 2, torso_y1), col(outfit.top), col(outfit.top2),
-                  outfit.top_pattern if view != 1 or outfit.top_pattern != 3 else 0)
+                  top_pattern, GARMENT)
     # bag
+    bag_seen = 0
     if ident.bag == 1 and view != 0:
-        bx = cx - bw / 2 - 3 if view == 2 else cx - bw / 3
-        d.rectangle((bx, torso_y0 + 4, bx + (8 if view == 2 else bw * 2 / 3), torso_y0 + 26 * s), fill=(60, 45, 30))
+        bx = cx - bw / 2 - 4 if view == 2 else cx - bw / 3
+        d.rectangle((bx, torso_y0 + 4, bx + (10 if view == 2 else bw * 2 / 3), torso_y0 + 28 * s), fill=(60, 45, 30),
+                    label=TRAIT)
+        bag_seen = 1
     elif ident.bag == 2:
-        d.line((cx - bw / 2, torso_y0, cx + bw / 2, torso_y1 - 8), fill=(30, 30, 30), width=2)
-        d.rectangle((cx + bw / 2 - 2, torso_y1 - 12, cx + bw / 2 + 6, torso_y1 - 2), fill=(110, 20, 40))
+        d.line((cx - bw / 2, torso_y0, cx + bw / 2, torso_y1 - 8), fill=(30, 30, 30), width=3, label=TRAIT)
+        d.rectangle((cx + bw / 2 - 3, torso_y1 - 14, cx + bw / 2 + 8, torso_y1 - 2), fill=(110, 20, 40), label=TRAIT)
+        bag_seen = 2
     # occasional occlusion by a foreground object
-    if rng.random() < 0.12:
+    occluded = rng.random() < 0.12
+    if occluded:
         oy = rng.uniform(H * 0.55, H * 0.8)
-        d.rectangle((0, oy, W, H), fill=tuple(int(v) for v in rng.integers(60, 200, 3)))
+        d.rectangle((0, oy, W, H), fill=tuple(int(v) for v in rng.integers(60, 200, 3)), label=BACKGROUND)
+    if seen is not None:
+        seen.update(view=view, glasses=view != 1, bag=(bag_seen if ident.bag == 0 or bag_seen else None),
+                    top_pattern=top_pattern, feet=not occluded, bottom=not occluded or bool(oy > torso_y1 + 12))
+    mask = d.mask
     # camera: scale/viewpoint jitter, light, blur, noise
-    zoom = rng.uniform(0.92, 1.08)
+    zoom = rng.uniform(0.95, 1.06)
     if abs(zoom - 1) > 0.01:
-        big = img.resize((int(W * zoom), int(H * zoom)), Image.BILINEAR)
-        ox, oy = (big.width - W) // 2, (big.height - H) // 2
-        if zoom > 1:
-            img = big.crop((ox, oy, ox + W, oy + H))
-        else:
-            canvas = Image.new("RGB", (W, H), cam.bg_bottom)
-            canvas.paste(big, (-ox, -oy))
-            img = canvas
+        img = _zoom(img, zoom, cam.bg_bottom, Image.BILINEAR)
+        mask = _zoom(mask, zoom, BACKGROUND, Image.NEAREST) if mask is not None else None
     if cam.blur > 0.3:
         img = img.filter(ImageFilter.GaussianBlur(cam.blur))
     arr = np.asarray(img, dtype=np.float32) * cam.gain * np.array(cam.tint, dtype=np.float32)
     arr += rng.normal(0, cam.noise, arr.shape)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return (out, mask) if with_mask else out
+
+
+def _zoom(img: Image.Image, zoom: float, fill, resample) -> Image.Image:
+    big = img.resize((int(W * zoom), int(H * zoom)), resample)
+    ox, oy = (big.width - W) // 2, (big.height - H) // 2
+    if zoom > 1:
+        return big.crop((ox, oy, ox + W, oy + H))
+    canvas = Image.new(img.mode, (W, H), fill)
+    canvas.paste(big, (-ox, -oy))
+    return canvas
 
 
 def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, outfit_pool: int | None = None,
              images_per_view: tuple[int, int] = (2, 4), progress: bool = False) -> Path:
-    """Write OUT/{train,query,test}/<pid>_<clothes>_c<cam>_<frame>.png (LTCC naming). Half the ids train."""
+    """Write OUT/{train,query,test}/<pid>_<clothes>_c<cam>_<frame>.png (LTCC naming). Half the ids train.
+
+    Also OUT/masks/<name>.png for query and test images (part labels: 1 identity trait, 2 garment) and
+    OUT/synthetic.json with every person's traits and outfits: the ground truth the report scores against.
+    """
     from tqdm import tqdm
     import sys
 
     out = Path(out)
-    for sub in ("train", "query", "test"):
+    for sub in ("train", "query", "test", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     cams = [_rand_camera(rng) for _ in range(cameras)]
     catalogue = [_rand_outfit(rng) for _ in range(outfit_pool or max(12, ids // 3))]
     people = [_rand_identity(rng) for _ in range(ids)]
+    worn: list[list[int]] = []
     n_train = ids // 2
     frame = 0
     n_written = {"train": 0, "query": 0, "test": 0}
@@ -205,6 +253,7 @@ def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, o
     for pid, person in enumerate(people):
         n_out = int(rng.integers(2, 6))
         outfit_ids = rng.choice(len(catalogue), size=n_out, replace=False)
+        worn.append([int(o) for o in outfit_ids])  # clothes label k (1-based in the name) is outfit worn[pid][k-1]
         is_train = pid < n_train
         query_cams_used: set = set()
         for clothes_idx, oid in enumerate(outfit_ids):
@@ -218,17 +267,19 @@ def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, o
             for cam in view_cams:
                 n_img = int(rng.integers(images_per_view[0], images_per_view[1] + 1))
                 for k in range(n_img):
-                    img = render(person, catalogue[oid], cams[cam], rng)
+                    img, mask = render(person, catalogue[oid], cams[cam], rng, with_mask=True)
                     split = "train" if is_train else ("query" if (cam == q_cam and k == 0) else "test")
                     name = f"{pid:03d}_{clothes_idx + 1}_c{cam + 1}_{frame:06d}.png"
                     img.save(out / split / name, compress_level=1)
+                    if split != "train":
+                        mask.save(out / "masks" / name, compress_level=1)
                     n_written[split] += 1
                     frame += 1
         bar.update(1)
     bar.close()
-    meta = {"generator": "scireid.synthetic", "ids": ids, "seed": seed, "cameras": cameras,
+    meta = {"generator": "scireid.synthetic", "version": GENERATOR_VERSION, "ids": ids, "seed": seed, "cameras": cameras,
             "outfit_catalogue": len(catalogue), "images": n_written,
-            "identities": [asdict(p) for p in people], "catalogue": [asdict(o) for o in catalogue]}
+            "identities": [asdict(p) for p in people], "catalogue": [asdict(o) for o in catalogue], "outfits_worn": worn}
     (out / "synthetic.json").write_text(json.dumps(meta, indent=1))
     log.info("synthetic dataset: %s images in %s", n_written, out)
     return out
@@ -240,9 +291,11 @@ def ensure_synthetic(root: str | Path, ids: int = 120, seed: int = 0) -> Path:
     meta_path = root / "synthetic.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("ids") != ids or meta.get("seed") != seed:
-            raise ValueError(f"{root} holds a synthetic set with ids={meta.get('ids')} seed={meta.get('seed')}, "
-                             f"not ids={ids} seed={seed}; choose another folder")
+        if meta.get("ids") != ids or meta.get("seed") != seed or meta.get("version") != GENERATOR_VERSION:
+            from .records import DatasetError
+            raise DatasetError(f"{root} holds a synthetic set with ids={meta.get('ids')} seed={meta.get('seed')} "
+                               f"version={meta.get('version')}, not ids={ids} seed={seed} version={GENERATOR_VERSION}; "
+                               f"choose another folder")
         return root
     tmp = root.with_name(root.name + ".partial")
     if tmp.exists():

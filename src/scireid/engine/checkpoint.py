@@ -1,5 +1,11 @@
 """Checkpoints: weights as safetensors (with the model spec in metadata), trainer state loadable
-with ``torch.load(weights_only=True)``, both swapped in atomically as one directory."""
+with ``torch.load(weights_only=True)``, both swapped in as one directory.
+
+The swap takes two renames (``last`` -> ``.last.old``, ``.last.tmp`` -> ``last``). A kill between
+them leaves no ``last``; ``recover`` then takes the newest *complete* copy (``.tmp`` once its
+``COMPLETE`` marker is written, else ``.old``), and every save recovers before it cleans up, so a
+complete copy is never deleted while it is the only one.
+"""
 from __future__ import annotations
 
 import json
@@ -36,7 +42,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) -> dict[str, Any]:
     meta = read_meta(path)
-    sd = load_file(str(path))
+    try:
+        sd = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: truncated or corrupt weights ({str(e).splitlines()[0]})") from None
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -49,17 +58,38 @@ def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) 
     return meta
 
 
+COMPLETE = "COMPLETE"
+
+
+def _complete(d: Path) -> bool:
+    return (d / COMPLETE).is_file() and (d / "model.safetensors").is_file() and (d / "state.pt").is_file()
+
+
+def recover(dirpath: str | Path) -> bool:
+    """If a save was killed mid-swap, put the newest complete copy back at ``dirpath``; True if one is there."""
+    dirpath = Path(dirpath)
+    if dirpath.exists():
+        return True
+    for cand in (dirpath.with_name(f".{dirpath.name}.tmp"), dirpath.with_name(f".{dirpath.name}.old")):
+        if cand.is_dir() and _complete(cand):
+            os.replace(cand, dirpath)
+            return True
+    return False
+
+
 def save_state(dirpath: str | Path, model: torch.nn.Module, meta: dict[str, Any], state: dict[str, Any]) -> Path:
     """Write ``model.safetensors`` + ``state.pt`` into a temp dir, then swap it in for ``dirpath``."""
     dirpath = Path(dirpath)
     tmp = dirpath.with_name(f".{dirpath.name}.tmp")
     old = dirpath.with_name(f".{dirpath.name}.old")
+    recover(dirpath)
     for p in (tmp, old):
         if p.exists():
             shutil.rmtree(p)
     tmp.mkdir(parents=True)
     save_weights(tmp / "model.safetensors", model, meta)
     atomic_write(tmp / "state.pt", lambda t: torch.save(state, t))
+    (tmp / COMPLETE).touch()
     if dirpath.exists():
         os.replace(dirpath, old)
     os.replace(tmp, dirpath)
@@ -72,4 +102,8 @@ def load_state(dirpath: str | Path) -> dict[str, Any]:
     p = Path(dirpath) / "state.pt"
     if not p.is_file():
         raise CheckpointError(f"{dirpath}: no trainer state (state.pt) to resume from")
-    return torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{p}: truncated or corrupt trainer state ({type(e).__name__}); it cannot be resumed — "
+                              f"start a new run with another --out") from None

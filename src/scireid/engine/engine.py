@@ -66,6 +66,12 @@ class Engine:
 
     def _resume(self, task: Task, scaler) -> tuple[int, int]:
         d = self.ckpt_dir(task)
+        from .checkpoint import recover
+        if self.ctx.is_main:
+            recover(d)  # a save killed mid-swap: take back its newest complete copy
+        if self.ctx.enabled:
+            import torch.distributed as dist
+            dist.barrier()
         if not (d / "state.pt").is_file():
             return 0, 0
         from .checkpoint import load_weights
@@ -133,7 +139,14 @@ class Engine:
             record: dict[str, Any] = {"stage": task.name, "epoch": epoch + 1,
                                       **{k: v / max(n_steps, 1) for k, v in sums.items()},
                                       "img_per_s": n_img / max(dt, 1e-9), "seconds": dt}
-            record.update(task.end_epoch(epoch))
+            # checkpoint before evaluating: a failure in evaluation never costs the epoch's training
+            save_now = (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == task.epochs
+            if save_now:
+                self._save(task, epoch + 1, 0, scaler)
+            extra = task.end_epoch(epoch)
+            record.update(extra)
+            if save_now and "eval" in extra:
+                self._save(task, epoch + 1, 0, scaler)  # again, so the best-epoch record survives a resume
             if self.ctx.is_main:
                 log.info("%s epoch %d/%d: %s", task.name, epoch + 1, task.epochs,
                          ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
@@ -149,8 +162,6 @@ class Engine:
                                     for m in ("R-1", "mAP"):
                                         if m in res:
                                             self.tb.add_scalar(f"{task.name}/{proto}/{m}", res[m], epoch + 1)
-            if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == task.epochs:
-                self._save(task, epoch + 1, 0, scaler)
         return ran
 
     def _backward_step(self, task: Task, loss: torch.Tensor, scaler) -> None:

@@ -54,7 +54,7 @@ def evaluate_run(run_or_ckpt: str | Path, overrides: list[str] | tuple[str, ...]
     from ..models.sci import ModelSpec, SCIModel
     from .checkpoint import load_weights, read_meta
     from .distributed import setup
-    from .trainer import load_dataset
+    from ..data.source import expected_fingerprint, load_dataset
 
     ckpt = resolve_checkpoint(run_or_ckpt)
     meta = read_meta(ckpt)
@@ -67,7 +67,7 @@ def evaluate_run(run_or_ckpt: str | Path, overrides: list[str] | tuple[str, ...]
     ctx = setup(cfg.run.device)
     model = SCIModel(spec).to(ctx.device)
     load_weights(ckpt, model)
-    ds = load_dataset(cfg)
+    ds = load_dataset(cfg, expected_fingerprint(meta, cfg))
     log.info("evaluating %s on %s (%d test images)", ckpt, ds.name, len(ds.test))
     res = evaluate_model(model, ds, cfg, ctx)
     return res["results"] if res else {}

@@ -50,15 +50,16 @@ class Stage1Task:
 
     def set_epoch(self, epoch: int, start_batch: int) -> int:
         c = self.c
-        lr = cosine_with_warmup(epoch, c.lr, c.epochs, c.warmup_epochs, c.warmup_lr, c.min_lr)
+        lr = cosine_with_warmup(epoch + 1, c.lr, c.epochs, c.warmup_epochs, c.warmup_lr, c.min_lr)
         _set_lr(self.opt, lambda g: lr)
         self.lr = lr
         n = len(self.feats)
         g = torch.Generator().manual_seed(int(self.cfg.run.seed) * 1000 + epoch)
         perm = torch.randperm(n, generator=g)
         bs = min(c.batch_size, n)
-        self._order = [perm[i * bs:(i + 1) * bs] for i in range(n // bs)][start_batch:]
-        return n // bs
+        n_batches = -(-n // bs)  # CLIP-ReID's stage 1 also trains on the last partial batch
+        self._order = [perm[i * bs:(i + 1) * bs] for i in range(n_batches)][start_batch:]
+        return n_batches
 
     def batches(self) -> Iterator[torch.Tensor]:
         return iter(self._order)
@@ -133,14 +134,16 @@ class Stage2Task:
         return {"main": self.opt, "clothes": self.opt_cc}
 
     def meta(self) -> dict[str, Any]:
-        return {"stage": "stage2", "spec": self.model.spec.to_dict(), "best": self.best}
+        d = self.cfg.data
+        return {"stage": "stage2", "spec": self.model.spec.to_dict(), "best": self.best, "config": self.cfg.to_dict(),
+                "pixel_mean": d.pixel_mean, "pixel_std": d.pixel_std}
 
     def restore(self, meta: dict[str, Any]) -> None:
         self.best = meta.get("best", {}) or {}
 
     def set_epoch(self, epoch: int, start_batch: int) -> int:
         c = self.c
-        factor = warmup_multistep(epoch, c.warmup_epochs, c.warmup_factor, c.milestones, c.lr_gamma)
+        factor = warmup_multistep(epoch + 1, c.warmup_epochs, c.warmup_factor, c.milestones, c.lr_gamma)
         _set_lr(self.opt, lambda g: g["base_lr"] * factor)
         self.lr = c.lr * factor
         self.sampler.set_epoch(epoch, start_batch)

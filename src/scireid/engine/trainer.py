@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from ..config import Config, config_from_dict, save_config
-from ..data.datasets import build_dataset
+from ..config import Config, merge_dict, save_config, validate_config
+from ..data.source import fingerprint, load_dataset
 from ..data.records import ReIDDataset
 from ..errors import CheckpointError, ConfigError
 from ..io_utils import atomic_write_json
@@ -25,17 +24,6 @@ from .engine import Engine
 from .tasks import Stage1Task, Stage2Task, stage1_features
 
 log = logging.getLogger("scireid")
-
-
-def load_dataset(cfg: Config) -> ReIDDataset:
-    d = cfg.data
-    if d.name == "synthetic" and not Path(d.root).exists():
-        from ..data.synthetic import ensure_synthetic
-        ensure_synthetic(d.root, ids=d.synth_ids, seed=d.synth_seed)
-    kw: dict[str, Any] = {}
-    if d.name == "prcc":
-        kw = {"single_shot": d.prcc_single_shot, "trials": d.prcc_trials, "seed": cfg.run.seed}
-    return build_dataset(d.name, d.root, **kw)
 
 
 def model_spec(cfg: Config, ds: ReIDDataset) -> ModelSpec:
@@ -55,6 +43,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def environment(cfg: Config) -> dict[str, Any]:
+    return environment_info(cfg.run.seed)
+
+
+def environment_info(seed: int) -> dict[str, Any]:
     import open_clip
 
     from .. import __version__
@@ -66,7 +58,7 @@ def environment(cfg: Config) -> dict[str, Any]:
     return {"scireid": __version__, "git_commit": commit, "python": platform.python_version(),
             "platform": platform.platform(), "torch": torch.__version__, "open_clip": open_clip.__version__,
             "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "seed": cfg.run.seed, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+            "seed": seed, "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
 
 
 def prepare_run_dir(cfg: Config, resume: bool, ctx: DistContext, stage: str = "all") -> Path:
@@ -79,7 +71,8 @@ def prepare_run_dir(cfg: Config, resume: bool, ctx: DistContext, stage: str = "a
             if not resume and any((run / s).exists() for s in taken):
                 raise ConfigError(f"run.out={run} already holds a run; pass --resume to continue it or choose another --out")
             if resume:
-                old = config_from_dict(yaml.safe_load(saved.read_text())).to_dict()
+                from ..config import load_yaml
+                old = merge_dict(Config(), load_yaml(saved), str(saved)).to_dict()
                 new = cfg.to_dict()
                 for sec in new:
                     if sec == "run":
@@ -111,11 +104,26 @@ def _tb(cfg: Config, run: Path, ctx: DistContext):
 
 
 def train(cfg: Config, stage: str = "all", resume: bool = False) -> dict[str, Any]:
-    """Train the configured variant; returns the final evaluation (stage 2) or {}."""
+    """Train the configured variant; returns the final evaluation (stage 2) or {}.
+
+    Everything a run will need (the whole config, both stages, the weights file, the output
+    folder) is checked before the first step, and the run directory is locked for one writer.
+    """
+    from .rundir import RunLock, check_out_dir
+
+    validate_config(cfg)
     ctx = setup(cfg.run.device)
+    if not ctx.is_main:
+        return _train(cfg, stage, resume, ctx)
+    check_out_dir(cfg.run.out)
+    with RunLock(cfg.run.out):
+        return _train(cfg, stage, resume, ctx)
+
+
+def _train(cfg: Config, stage: str, resume: bool, ctx: DistContext) -> dict[str, Any]:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    run = prepare_run_dir(cfg, resume, ctx, stage)
     ds = load_dataset(cfg)
+    run = prepare_run_dir(cfg, resume, ctx, stage)
     spec = model_spec(cfg, ds)
     log.info("dataset %s: %d train images, %d identities, %d clothes; model %s (sse=%s sim=%s cal=%s)", ds.name,
              len(ds.train), ds.num_train_pids, ds.num_train_clothes, spec.arch, spec.sse, spec.sim, cfg.stage2.cal)
@@ -134,7 +142,13 @@ def train(cfg: Config, stage: str = "all", resume: bool = False) -> dict[str, An
             from .checkpoint import read_meta
             _same_spec(read_meta(stage1_file).get("spec", {}), spec, stage1_file)
             load_weights(stage1_file, model)
-            result = run_stage2(model, ds, cfg, ctx, engine, run, resume)
+            try:
+                result = run_stage2(model, ds, cfg, ctx, engine, run, resume)
+            except ConfigError as e:
+                if stage == "all":
+                    raise ConfigError(f"{e} (stage 1 is finished in {run}: fix the setting and continue with "
+                                      f"--stage 2 --out {run})") from None
+                raise
     finally:
         if tb is not None:
             tb.close()
@@ -169,6 +183,7 @@ def run_stage1(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
     model.compute_prototypes(torch.as_tensor(ds.pid2clothes))
     if ctx.is_main:
         save_weights(run / "stage1.safetensors", model, {"stage": "stage1", "spec": model.spec.to_dict(),
+                                                         "data_fingerprint": fingerprint(ds),
                                                          "config": cfg.to_dict()})
         log.info("stage 1 done: prompts and %d prototypes in %s", model.spec.num_pids, run / "stage1.safetensors")
     barrier(ctx)
@@ -178,7 +193,7 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
                resume: bool) -> dict[str, Any]:
     from .evaluation import evaluate_model
 
-    meta_base = {"spec": model.spec.to_dict(), "config": cfg.to_dict(),
+    meta_base = {"spec": model.spec.to_dict(), "config": cfg.to_dict(), "data_fingerprint": fingerprint(ds),
                  "pixel_mean": cfg.data.pixel_mean, "pixel_std": cfg.data.pixel_std}
 
     def evaluate(epoch: int) -> dict[str, Any] | None:

@@ -1,9 +1,16 @@
 """Ranking metrics (CMC, mAP, mINP) for the general, cloth-changing and same-clothes protocols.
 
-Speed comes from not sorting whole rows: a gallery item can only change a positive's rank if it
-is at least as close as the query's farthest positive, so per query chunk we keep those
-candidates alone and sort them by (query, distance, gallery index). Ties are thus broken by
-gallery order, exactly like a stable argsort of the full row.
+Only the ranks of each query's positives are needed, and two exact ways give them; each query
+block takes the cheaper one, so the cost never depends much on how good the features are:
+
+- partial: a gallery item can only change a positive's rank if it is at least as close as the
+  query's farthest positive, so those candidates alone are sorted by (query, distance, gallery
+  index). With good features that is a small fraction of the row.
+- counting: the block's rows are value-sorted (no argsort) and a positive's rank is the number of
+  closer non-junk items, found by binary search, with junk subtracted and exact ties resolved by
+  gallery order. Its cost is one value sort of the block, whatever the feature quality.
+
+Either way ties are broken by gallery order, exactly like a stable argsort of the full row.
 """
 from __future__ import annotations
 
@@ -83,6 +90,69 @@ def _rank_block(dist: np.ndarray, qi: np.ndarray, gi: np.ndarray, good: np.ndarr
     return rows, cols, pos, n_good
 
 
+COUNTING_ABOVE = 0.02  # candidate fraction of a block above which counting is cheaper than the partial sort
+
+
+def _positive_ranks(dist: np.ndarray, qi: np.ndarray, gi: np.ndarray, good: np.ndarray, owned: bool, path: str,
+                    qp: np.ndarray, gp: np.ndarray):
+    """(query row, 0-based rank without junk) of every positive, ordered by row then rank; and n_good.
+
+    ``qp`` are the block's query identities, ``gp`` the gallery's.
+    """
+    nq = dist.shape[0]
+    if path == "auto":
+        n_good = np.bincount(qi[good], minlength=nq)
+        dmax = np.full(nq, -np.inf)
+        np.maximum.at(dmax, qi[good], dist[qi[good], gi[good]])
+        frac = np.count_nonzero(dist <= dmax[:, None]) / max(dist.size, 1)
+        path = "counting" if frac > COUNTING_ABOVE else "partial"
+    if path == "partial":
+        rows, cols, pos, n_good = _rank_block(dist, qi, gi, good, owned)
+        hit = gp[cols] == qp[rows]  # junk is gone, so a same-identity candidate is a positive
+        return rows[hit], pos[hit], n_good
+    if path != "counting":
+        raise ValueError(f"path must be auto, partial or counting, got {path!r}")
+    return _count_ranks(dist, qi, gi, good)
+
+
+def _count_ranks(dist: np.ndarray, qi: np.ndarray, gi: np.ndarray, good: np.ndarray):
+    nq = dist.shape[0]
+    n_good = np.bincount(qi[good], minlength=nq)
+    gq, gg = qi[good], gi[good]
+    dg = dist[gq, gg]
+    srt = np.sort(dist, axis=1)
+    less = np.empty(len(gq), np.int64)
+    eq = np.empty(len(gq), np.int64)
+    bounds = np.searchsorted(gq, np.arange(nq + 1))  # gq is grouped by row (ascending)
+    for r in range(nq):
+        a, b = bounds[r], bounds[r + 1]
+        if a == b:
+            continue
+        lo_ = np.searchsorted(srt[r], dg[a:b], "left")
+        less[a:b] = lo_
+        eq[a:b] = np.searchsorted(srt[r], dg[a:b], "right") - lo_
+    # junk closer than the positive does not count
+    jq, jg = qi[~good], gi[~good]
+    if len(jq):
+        dj = dist[jq, jg].astype(np.float64)
+        lo = min(float(dj.min()), float(dg.min()) if len(dg) else 0.0)
+        span = max(float(dj.max()), float(dg.max()) if len(dg) else 0.0) - lo + 1.0
+        jkey = np.sort(jq * span + (dj - lo))
+        gkey = gq * span + (dg.astype(np.float64) - lo)
+        less -= np.searchsorted(jkey, gkey, "left") - np.searchsorted(jkey, gq * span, "left")
+    rank = less.copy()
+    # exact ties (rare): non-junk items at the same distance with a smaller gallery index come first
+    for k in np.nonzero(eq > 1)[0]:
+        r, p = gq[k], gg[k]
+        same = np.nonzero(dist[r] == dg[k])[0]
+        same = same[same < p]
+        if len(same):
+            junk_r = set(jg[jq == r].tolist())
+            rank[k] += sum(1 for j in same.tolist() if j not in junk_r)
+    order = np.lexsort((rank, gq))
+    return gq[order], rank[order], n_good
+
+
 def _accumulate(ranks_q, ranks, n_good, n_gallery, acc):
     valid = n_good > 0
     if not valid.any():
@@ -123,24 +193,27 @@ def _labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode):
 
 
 def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, q_clothes=None, g_clothes=None,
-             mode: str = "general", chunk: int = 1024) -> dict[str, Any]:
-    """CMC (full length), mAP, mINP and num_valid from a Q x G distance matrix (smaller = closer)."""
+             mode: str = "general", chunk: int = 1024, path: str = "auto") -> dict[str, Any]:
+    """CMC (full length), mAP, mINP and num_valid from a Q x G distance matrix (smaller = closer).
+
+    ``path`` (auto | partial | counting) picks the ranking method per block; all give identical results.
+    """
     qp, gp, qc, gc, qclo, gclo = _labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode)
     dist = _np(distmat)
     if dist.shape != (len(qp), len(gp)):
         raise ValueError(f"distmat has shape {dist.shape}, expected ({len(qp)}, {len(gp)}) from the labels")
     return _evaluate_blocks(((s, dist[s:s + chunk], False) for s in range(0, len(qp), chunk)),
-                            qp, gp, qc, gc, qclo, gclo, mode)
+                            qp, gp, qc, gc, qclo, gclo, mode, path)
 
 
-def _evaluate_blocks(blocks: Iterator[tuple[int, np.ndarray, bool]], qp, gp, qc, gc, qclo, gclo, mode) -> dict[str, Any]:
+def _evaluate_blocks(blocks: Iterator[tuple[int, np.ndarray, bool]], qp, gp, qc, gc, qclo, gclo, mode,
+                     path: str = "auto") -> dict[str, Any]:
     acc: dict[str, list] = {"ap": [], "inp": [], "first": []}
     for s, d, owned in blocks:
         e = s + d.shape[0]
         qi, gi, good = pair_flags(qp[s:e], gp, qc[s:e], gc, qclo[s:e], gclo, mode)
-        rows, cols, pos, ng = _rank_block(np.asarray(d), qi, gi, good, owned)
-        hit = gp[cols] == qp[s:e][rows]  # junk is gone, so a same-identity candidate is a positive
-        _accumulate(rows[hit], pos[hit], ng, len(gp), acc)
+        rows, ranks, ng = _positive_ranks(np.asarray(d), qi, gi, good, owned, path, qp[s:e], gp)
+        _accumulate(rows, ranks, ng, len(gp), acc)
     return _finish(acc, len(gp), len(qp))
 
 
@@ -155,10 +228,10 @@ def cosine_distance_blocks(qf, gf, chunk: int = 1024) -> Iterator[tuple[int, np.
 
 
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, q_clothes=None, g_clothes=None,
-                      mode: str = "general", chunk: int = 1024) -> dict[str, Any]:
+                      mode: str = "general", chunk: int = 1024, path: str = "auto") -> dict[str, Any]:
     """Like ``evaluate`` but from features (cosine distance), in query chunks to bound memory."""
     labels = _labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode)
-    return _evaluate_blocks(cosine_distance_blocks(qf, gf, chunk), *labels, mode)
+    return _evaluate_blocks(cosine_distance_blocks(qf, gf, chunk), *labels, mode, path)
 
 
 def per_query_ap(distmat, q_pids, g_pids, q_camids, g_camids, q_clothes=None, g_clothes=None,
@@ -170,9 +243,7 @@ def per_query_ap(distmat, q_pids, g_pids, q_camids, g_camids, q_clothes=None, g_
     for s in range(0, len(qp), chunk):
         d = dist[s:s + chunk]
         qi, gi, good = pair_flags(qp[s:s + chunk], gp, qc[s:s + chunk], gc, qclo[s:s + chunk], gclo, mode)
-        rows, cols, pos, ng = _rank_block(np.asarray(d), qi, gi, good)
-        hit = gp[cols] == qp[s:s + chunk][rows]
-        rq, rk = rows[hit], pos[hit]
+        rq, rk, ng = _positive_ranks(np.asarray(d), qi, gi, good, False, "auto", qp[s:s + chunk], gp)
         hit_no = np.arange(len(rq)) - np.searchsorted(rq, rq)
         sums = np.bincount(rq, weights=(hit_no + 1) / (rk + 1), minlength=len(ng))
         valid = ng > 0

@@ -36,6 +36,15 @@ def model_config(name: str) -> dict[str, Any]:
     raise ConfigError(f"model.arch={name!r} unknown; available: {', '.join(list_models())}")
 
 
+def input_multiple(name: str) -> int:
+    """What the input height and width must be multiples of: 32 for ResNets, the patch size for ViTs."""
+    vc = model_config(name)["vision_cfg"]
+    if isinstance(vc.get("layers"), (list, tuple)):
+        return 32
+    ps = vc.get("patch_size") or 16
+    return ps if isinstance(ps, int) else max(ps)
+
+
 def build_clip(name: str) -> nn.Module:
     """Random-init open_clip CLIP of architecture ``name`` at its native (224) resolution."""
     import open_clip

@@ -69,8 +69,11 @@ class SCIModel(nn.Module):
         self.visual = ReIDVisual(clip.visual, spec.height, spec.width)
         self.text = TextEncoder(clip)
         self.token_embedding = clip.token_embedding
-        self.id_prompts = PromptLearner(spec.num_pids, self.token_embedding, *ID_PROMPT, n_ctx=spec.n_ctx)
-        self.clothes_prompts = (PromptLearner(spec.num_clothes, self.token_embedding, *CLOTHES_PROMPT, n_ctx=spec.n_ctx)
+        ctx_len = clip.positional_embedding.shape[0]
+        self.id_prompts = PromptLearner(spec.num_pids, self.token_embedding, *ID_PROMPT, n_ctx=spec.n_ctx,
+                                        context_length=ctx_len)
+        self.clothes_prompts = (PromptLearner(spec.num_clothes, self.token_embedding, *CLOTHES_PROMPT,
+                                              n_ctx=spec.n_ctx, context_length=ctx_len)
                                 if spec.sse else None)
         v = self.visual
         self.sim = SIM(v.map_dim, v.proj_dim, spec.sim_attention, spec.sim_pooling, spec.sim_heads) if spec.sim else None

@@ -65,15 +65,18 @@ class TextVisualCrossAttention(nn.Module):
         The float64 test checks this against the literal eq. 15-16.
         """
         tokens = z.flatten(2).transpose(1, 2)  # B, N, C
+        return self.w_v(torch.einsum("bn,bnc->bc", self.attention(protos, z, p), tokens))
+
+    def attention(self, protos: torch.Tensor, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """(B, N) attention over the visual tokens, pooled over the prototypes; each row sums to one."""
+        tokens = z.flatten(2).transpose(1, 2)  # B, N, C
         q = self.w_q(protos)  # K, D
         qk = q @ self.w_k.weight  # K, C
         attn = torch.softmax(torch.einsum("kc,bnc->bkn", qk, tokens) * self.scale, dim=-1)  # B, K, N
         if self.pooling == "mean":
-            weights = attn.mean(1)
-        else:  # similarity-weighted: softmax(<p, T>) of the image's own pooled feature
-            w = torch.softmax(p @ protos.T, dim=-1)  # B, K
-            weights = torch.einsum("bk,bkn->bn", w, attn)
-        return self.w_v(torch.einsum("bn,bnc->bc", weights, tokens))
+            return attn.mean(1)
+        w = torch.softmax(p @ protos.T, dim=-1)  # similarity-weighted: softmax(<p, T>) of the image's own feature
+        return torch.einsum("bk,bkn->bn", w, attn)
 
 
 class SIM(nn.Module):

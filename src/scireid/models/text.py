@@ -32,7 +32,8 @@ class PromptLearner(nn.Module):
     other CLIP weights later can never leave stale prefix embeddings behind.
     """
 
-    def __init__(self, num_classes: int, token_embedding: nn.Embedding, prefix: str, suffix: str, n_ctx: int = 4):
+    def __init__(self, num_classes: int, token_embedding: nn.Embedding, prefix: str, suffix: str, n_ctx: int = 4,
+                 context_length: int = 77):
         super().__init__()
         import open_clip
 
@@ -40,7 +41,7 @@ class PromptLearner(nn.Module):
         self.n_prefix = len(tok.encode(prefix))
         self.n_ctx = n_ctx
         text = f"{prefix} {' '.join(['X'] * n_ctx)} {suffix}"
-        self.register_buffer("tokenized", tok([text]), persistent=False)
+        self.register_buffer("tokenized", tok([text], context_length=context_length), persistent=False)
         self.template = text
         self.token_embedding = [token_embedding]  # a list: shared, not registered twice
         dim = token_embedding.weight.shape[1]

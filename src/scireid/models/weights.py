@@ -1,4 +1,4 @@
-"""Weights resolver: ``openai`` (open_clip's hub download), a local file, or ``none``.
+"""Weights resolver: ``openai`` (open_clip's hub download), a shipped prior, a local file, or ``none``.
 
 Files are read with safetensors or ``torch.load(weights_only=True)``; OpenAI's original
 TorchScript ``.pt`` archives are converted once to a ``.safetensors`` file beside them.
@@ -17,6 +17,34 @@ from ..errors import WeightsError
 
 log = logging.getLogger(__name__)
 NON_PARAM_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# weights shipped inside the package: name -> (architecture, file under scireid/weights)
+SHIPPED = {"synthetic-clip": ("synth-clip", "synthetic-clip.safetensors")}
+
+
+def list_weights() -> list[str]:
+    return ["none", "openai", *sorted(SHIPPED)]
+
+
+def shipped_path(name: str) -> Path:
+    return WEIGHTS_DIR / SHIPPED[name][1]
+
+
+def check_weights_setting(weights: str, arch: str) -> None:
+    """Fail before training if ``model.weights`` cannot be resolved for ``arch``."""
+    if weights in ("none", "", "openai"):
+        return
+    if weights in SHIPPED:
+        want = SHIPPED[weights][0]
+        if arch != want:
+            raise WeightsError(f"model.weights={weights} is a {want} model; set model.arch={want} (got {arch})")
+        if not shipped_path(weights).is_file():
+            raise WeightsError(f"model.weights={weights}: {shipped_path(weights)} is missing from this install; "
+                               f"rebuild it with 'scireid pretrain' (see README)")
+        return
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        raise WeightsError(f"model.weights={weights}: no such file, and not one of {', '.join(list_weights())}")
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -33,12 +61,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError on a corrupt or foreign file
+            raise WeightsError(f"model.weights={path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if _is_torchscript(path):
         converted = path.with_suffix(".safetensors")
         if not converted.exists():
             log.info("converting TorchScript checkpoint %s to %s (once)", path, converted)
-            sd = {k: v.float().contiguous() for k, v in torch.jit.load(str(path), map_location="cpu").state_dict().items()}
+            try:
+                ts = torch.jit.load(str(path), map_location="cpu")
+            except Exception:
+                raise WeightsError(f"model.weights={path}: a zip archive that is not a TorchScript model; expected "
+                                   f"OpenAI's .pt, a .safetensors or a state dict saved with torch.save") from None
+            sd = {k: v.float().contiguous() for k, v in ts.state_dict().items()}
             from safetensors.torch import save_file
 
             from ..io_utils import atomic_write
@@ -47,7 +83,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # an unpickling refusal or a corrupt file: both are the file's problem
-        raise WeightsError(f"model.weights={path}: not a weights-only state dict ({str(e).splitlines()[0]})") from None
+        why = ("it holds pickled Python objects, which scireid never loads" if "Weights only load failed" in str(e)
+               else f"unreadable: {type(e).__name__}")
+        raise WeightsError(f"model.weights={path}: not a weights-only state dict ({why}); save the tensors alone "
+                           f"(model.state_dict()) or as .safetensors") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -106,6 +145,12 @@ def load_clip_weights(clip: nn.Module, weights: str, arch: str) -> None:
     if weights in ("none", "", None):
         log.info("model %s: random init (model.weights=none)", arch)
         return
-    path = openai_weights_path(arch) if weights == "openai" else Path(weights)
+    check_weights_setting(weights, arch)
+    if weights == "openai":
+        path = openai_weights_path(arch)
+    elif weights in SHIPPED:
+        path = shipped_path(weights)
+    else:
+        path = Path(weights).expanduser()
     load_strict(clip, read_state_dict(path), f"model.weights={path}")
     log.info("model %s: loaded %s", arch, path)

@@ -1,0 +1,1 @@
+"""Using a trained model in the field: streaming embedding, a searchable gallery index, ONNX export."""

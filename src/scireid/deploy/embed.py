@@ -1,0 +1,168 @@
+"""``scireid embed``: stream images through a model into a feature file, in resumable chunks.
+
+Memory stays bounded: images are decoded and embedded one chunk at a time, each chunk is written
+to ``FEATS.parts/`` as it finishes, and the final ``FEATS.npy`` is filled through a memory map.
+Re-running the same command after an interruption skips the chunks already written. A bad image
+is reported with its path and skipped, never ends the job.
+
+Output: ``FEATS.npy`` (N x D float32, L2-normalised rows) and ``FEATS.json`` beside it: the model
+fingerprint and preprocessing, the row -> path / box / metadata table, and the skipped files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..io_utils import atomic_write, atomic_write_json
+from .backend import embed_arrays, open_backend
+from .inputs import Item
+
+log = logging.getLogger("scireid")
+
+
+def feats_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    out = Path(out)
+    npy = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+    return npy, npy.with_suffix(".json"), npy.with_name(npy.name + ".parts")
+
+
+def load_image(item: Item):
+    """PIL image of the item (cropped to its box), or raises with a reason."""
+    from PIL import Image
+    with Image.open(item.path) as im:
+        im.load()
+        img = im.convert("RGB")
+    if item.box:
+        x, y, w, h = item.box
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(img.width, x + w), min(img.height, y + h)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"box {item.box} lies outside the {img.width}x{img.height} frame")
+        img = img.crop((x0, y0, x1, y1))
+    return img
+
+
+class _Decode:
+    """Map-style dataset for a DataLoader: (index, array or None, error)."""
+
+    def __init__(self, items: list[Item], pre):
+        self.items, self.pre = items, pre
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.pre(load_image(self.items[i])), ""
+        except Exception as e:  # a bad file is reported and skipped
+            return i, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
+
+def _batches(items: list[Item], pre, batch: int, workers: int):
+    ds = _Decode(items, pre)
+    if workers <= 0:
+        for s in range(0, len(ds), batch):
+            yield [ds[i] for i in range(s, min(s + batch, len(ds)))]
+        return
+    from torch.utils.data import DataLoader
+    yield from DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=lambda b: b)
+
+
+def job_key(items: list[Item], fingerprint: str, flip: bool, chunk: int) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps(it.row(), sort_keys=True).encode())
+    h.update(f"{fingerprint}|{flip}|{chunk}".encode())
+    return h.hexdigest()[:16]
+
+
+def embed(model: str | Path, items: list[Item], out: str | Path, batch: int = 32, workers: int = 0, flip: bool = False,
+          device: str | None = None, chunk: int = 2048, backend=None, progress: bool = True) -> dict[str, Any]:
+    """Embed ``items`` with ``model`` (run, checkpoint or .onnx) into ``out``; returns the summary."""
+    if batch <= 0 or chunk <= 0:
+        raise UserError(f"--batch {batch} / chunk {chunk}: expected positive numbers")
+    npy, side, parts = feats_paths(out)
+    if npy.is_dir() or side.is_dir():
+        raise UserError(f"--out {out}: {npy} is a folder; give a file name such as feats.npy")
+    be = backend or open_backend(model, device)
+    key = job_key(items, be.fingerprint, flip, chunk)
+    parts.mkdir(parents=True, exist_ok=True)
+    job = parts / "job.json"
+    if job.exists():
+        old = json.loads(job.read_text())
+        if old.get("key") != key:
+            raise UserError(f"{parts} holds an unfinished job with other inputs, model or options; delete that folder "
+                            f"or choose another --out")
+    else:
+        atomic_write_json(job, {"key": key, "model": str(model), "n_items": len(items)})
+    n_chunks = -(-len(items) // chunk)
+    done = sum(1 for c in range(n_chunks) if (parts / f"part_{c:06d}.json").exists())
+    if done:
+        log.info("resuming: %d of %d chunks already embedded in %s", done, n_chunks, parts)
+    bar = tqdm(total=len(items), initial=min(done * chunk, len(items)), unit="img", desc="embed",
+               disable=not (progress and sys.stderr.isatty()))
+    t0, n_new = time.time(), 0
+    for c in range(n_chunks):
+        pj = parts / f"part_{c:06d}.json"
+        if pj.exists():
+            continue
+        chunk_items = items[c * chunk:(c + 1) * chunk]
+        feats, rows, skipped = [], [], []
+        for b in _batches(chunk_items, be.pre, batch, workers):
+            ok = [(i, a) for i, a, err in b if a is not None]
+            for i, a, err in b:
+                if a is None:
+                    skipped.append({"path": chunk_items[i].path, "box": chunk_items[i].row()["box"], "error": err})
+                    log.warning("skipped %s: %s", chunk_items[i].path, err)
+            if ok:
+                feats.append(embed_arrays(be, [a for _, a in ok], flip))
+                rows.extend(chunk_items[i].row() for i, _ in ok)
+            bar.update(len(b))
+            n_new += len(b)
+            bar.set_postfix({"img/s": f"{n_new / max(time.time() - t0, 1e-9):.0f}"})
+        f = np.concatenate(feats) if feats else np.zeros((0, be.dim), np.float32)
+        atomic_write(parts / f"part_{c:06d}.npy", lambda tmp: np.save(open(tmp, "wb"), f))
+        atomic_write_json(pj, {"rows": rows, "skipped": skipped})  # written last: marks the chunk complete
+    bar.close()
+    return _assemble(npy, side, parts, n_chunks, be, str(model), flip)
+
+
+def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str, flip: bool) -> dict[str, Any]:
+    """One memory-mapped pass from the chunk files into FEATS.npy, then the sidecar, then clean up."""
+    metas = [json.loads((parts / f"part_{c:06d}.json").read_text()) for c in range(n_chunks)]
+    n = sum(len(m["rows"]) for m in metas)
+
+    def write(tmp: str) -> None:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, be.dim))
+        s = 0
+        for c in range(n_chunks):
+            f = np.load(parts / f"part_{c:06d}.npy", mmap_mode="r")
+            mm[s:s + len(f)] = f
+            s += len(f)
+        mm.flush()
+        del mm
+    atomic_write(npy, write)
+    skipped = [s for m in metas for s in m["skipped"]]
+    summary = {"model": model, "fingerprint": be.fingerprint, "preprocess": be.pre.describe(), "dim": be.dim,
+               "flip": flip, "count": n, "skipped": skipped, "rows": [r for m in metas for r in m["rows"]]}
+    atomic_write_json(side, summary)
+    shutil.rmtree(parts)
+    log.info("embedded %d images into %s (%d skipped)", n, npy, len(skipped))
+    return summary
+
+
+def load_features(path: str | Path, mmap: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    npy, side, _ = feats_paths(path)
+    if not npy.is_file() or not side.is_file():
+        raise UserError(f"{path}: expected {npy} and {side} written by scireid embed")
+    return np.load(npy, mmap_mode="r" if mmap else None), json.loads(side.read_text())

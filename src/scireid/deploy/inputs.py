@@ -1,0 +1,151 @@
+"""What ``scireid embed`` / ``index`` / ``search`` read: folders, path lists, CSV manifests, MOT detections.
+
+Every input becomes a list of ``Item`` rows: an image file, an optional crop box, and whatever
+metadata the input carries (identity, camera, clothes, timestamp). Missing metadata is -1 / "".
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class InputError(UserError):
+    pass
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    box: tuple[int, int, int, int] | None = None  # x, y, w, h in pixels
+    pid: int = -1
+    camid: int = -1
+    clothes_id: int = -1
+    timestamp: str = ""
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d["box"] = list(self.box) if self.box else None
+        return d
+
+    @staticmethod
+    def from_row(d: dict) -> "Item":
+        return Item(d["path"], tuple(d["box"]) if d.get("box") else None, int(d.get("pid", -1)), int(d.get("camid", -1)),
+                    int(d.get("clothes_id", -1)), str(d.get("timestamp", "")))
+
+
+def _int(value: str, where: str) -> int:
+    try:
+        return int(float(value)) if value not in ("", None) else -1
+    except ValueError:
+        raise InputError(f"{where}: expected an integer, got {value!r}") from None
+
+
+def read_folder(d: Path) -> list[Item]:
+    files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not files:
+        raise InputError(f"{d}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
+    return [Item(str(p)) for p in files]
+
+
+def read_manifest(p: Path) -> list[Item]:
+    with open(p, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise InputError(f"{p}: a CSV manifest needs a 'path' column (optional: pid, camid, clothes_id, timestamp); "
+                             f"found columns {reader.fieldnames}")
+        items = []
+        for i, row in enumerate(reader, start=2):
+            where = f"{p} line {i}"
+            path = Path(row["path"])
+            if not path.is_absolute():
+                path = p.parent / path
+            items.append(Item(str(path), None, _int(row.get("pid", ""), where), _int(row.get("camid", ""), where),
+                              _int(row.get("clothes_id", ""), where), row.get("timestamp", "") or ""))
+    if not items:
+        raise InputError(f"{p}: the manifest lists no images")
+    return items
+
+
+def _is_mot(p: Path) -> bool:
+    with open(p) as f:
+        first = f.readline().strip()
+    parts = first.split(",")
+    if len(parts) < 6:
+        return False
+    try:
+        [float(x) for x in parts[:6]]
+        return True
+    except ValueError:
+        return False
+
+
+def read_mot(det: Path, frames: Path | None = None, camid: int = -1) -> list[Item]:
+    """MOT-style ``frame,id,x,y,w,h,...`` rows; frames are ``FRAMES/<frame:06d>.jpg`` (MOT's img1/ by default)."""
+    frames = frames or det.parent.parent / "img1"
+    if not frames.is_dir():
+        raise InputError(f"{det}: MOT detections need their frames; expected {frames}/ (pass --frames DIR)")
+    by_frame = {}
+    for p in frames.iterdir():
+        if p.suffix.lower() in IMAGE_EXTS and p.stem.isdigit():
+            by_frame[int(p.stem)] = p
+    items = []
+    with open(det) as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            parts = line.strip().split(",")
+            if len(parts) < 6:
+                raise InputError(f"{det} line {i}: expected frame,id,x,y,w,h,..., got {line.strip()!r}")
+            try:
+                frame, tid, x, y, w, h = (float(v) for v in parts[:6])
+            except ValueError:
+                raise InputError(f"{det} line {i}: expected numbers in frame,id,x,y,w,h, got {line.strip()!r}") from None
+            if int(frame) not in by_frame:
+                raise InputError(f"{det} line {i}: frame {int(frame)} has no image in {frames}")
+            if w <= 0 or h <= 0:
+                continue
+            items.append(Item(str(by_frame[int(frame)]), (int(round(x)), int(round(y)), int(round(w)), int(round(h))),
+                              int(tid), camid, -1, str(int(frame))))
+    if not items:
+        raise InputError(f"{det}: no detections")
+    return items
+
+
+def read_input(spec: str | Path, frames: str | Path | None = None) -> list[Item]:
+    """A folder (recursive), an image, a text file of paths, a CSV manifest, a MOT det file or sequence folder."""
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    if p.is_dir():
+        for det in (p / "det" / "det.txt", p / "gt" / "gt.txt"):
+            if (p / "img1").is_dir() and det.is_file():
+                return read_mot(det, Path(frames) if frames else p / "img1")
+        return read_folder(p)
+    if p.suffix.lower() in IMAGE_EXTS:
+        return [Item(str(p))]
+    if p.suffix.lower() == ".csv":
+        return read_manifest(p)
+    if _is_mot(p):
+        return read_mot(p, Path(frames) if frames else None)
+    items = []
+    for i, line in enumerate(p.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        q = Path(line).expanduser()
+        items.append(Item(str(q if q.is_absolute() else p.parent / q)))
+    if not items:
+        raise InputError(f"{p}: the list names no images")
+    return items
+
+
+def read_inputs(specs: list[str], frames: str | None = None) -> list[Item]:
+    out: list[Item] = []
+    for s in specs:
+        out.extend(read_input(s, frames))
+    return out

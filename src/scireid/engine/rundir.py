@@ -1,0 +1,55 @@
+"""A run directory: refuse a folder that holds someone else's files, and allow one writer at a time."""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+
+LOCK_NAME = ".scireid.lock"
+
+
+def check_out_dir(out: str | Path, marker: str | tuple[str, ...] = ("config.yaml", "stage1.safetensors"),
+                  resume: bool = False) -> Path:
+    """``out`` must be a folder we may write a run into: absent, empty, or a scireid run (holds a ``marker``)."""
+    markers = (marker,) if isinstance(marker, str) else marker
+    out = Path(out)
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+    if out.is_dir():
+        entries = [p.name for p in out.iterdir() if p.name != LOCK_NAME]
+        if entries and not any((out / m).exists() for m in markers):
+            raise ConfigError(f"--out {out}: the folder holds files that are not a scireid run ({', '.join(sorted(entries)[:3])}"
+                              f"{', ...' if len(entries) > 3 else ''}); choose an empty or new folder")
+    if resume and not any((out / m).exists() for m in markers):
+        raise ConfigError(f"--resume: {out} holds no run to resume ({markers[0]} missing)")
+    return out
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``OUT/.scireid.lock`` for the life of a run; released by the OS if killed."""
+
+    def __init__(self, out: str | Path):
+        self.path = Path(out) / LOCK_NAME
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"{self.path.parent} is in use by pid {holder}; wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

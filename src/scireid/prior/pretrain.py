@@ -1,0 +1,228 @@
+"""``scireid pretrain``: contrastive image-text pretraining of a small open_clip CLIP on the corpus.
+
+open_clip provides the model classes, the tokenizer and ``ClipLoss``; scireid's engine provides
+resumable atomic checkpoints, the progress bar, metrics.jsonl and TensorBoard. Square inputs:
+open_clip's ResNet takes a square image, so each person crop (H x W, W = H/2) is centred on a
+mean-grey H x H canvas; the ReID model later reads the unpadded crop with CLIP-ReID's surgery.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, _coerce, _field_types
+from ..io_utils import atomic_write_json
+from .corpus import Corpus, make_corpus
+
+log = logging.getLogger("scireid")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's own normalisation, kept for the prior
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class PretrainConfig:
+    arch: str = "synth-clip"
+    images: int = 16000
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    height: int = 64
+    width: int = 32
+    seed: int = 0
+    eval_images: int = 1200
+    threads: int = 0  # torch threads (0: torch's default)
+    stop_after_steps: int = 0  # stop (as if killed) after N steps: for testing resume
+
+
+def pretrain_config(overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+    cfg = PretrainConfig()
+    types = _field_types(PretrainConfig)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        k, v = (x.strip() for x in item.split("=", 1))
+        if k not in types:
+            raise ConfigError(f"{k}: unknown pretrain key; allowed: {', '.join(types)}")
+        setattr(cfg, k, _coerce(k, v, types[k]))
+    for k in ("images", "epochs", "batch_size", "height", "width", "eval_images"):
+        if getattr(cfg, k) <= 0:
+            raise ConfigError(f"{k}={getattr(cfg, k)}: expected a positive integer")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ConfigError(f"lr={cfg.lr}: expected a positive number")
+    if cfg.height % 32 or cfg.width > cfg.height:
+        raise ConfigError(f"height={cfg.height} width={cfg.width}: height must be a multiple of 32 and width <= height")
+    return cfg
+
+
+def build_prior(arch: str) -> torch.nn.Module:
+    """A plain open_clip CLIP from the architecture file ``models/model_configs/<arch>.json``."""
+    import open_clip
+
+    from ..models.backbone import model_config
+    return open_clip.model.CLIP(**model_config(arch))
+
+
+def to_square_batch(images: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, H), the crop centred on a mean-grey canvas."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    if flip is not None and flip.any():
+        x[torch.from_numpy(flip)] = x[torch.from_numpy(flip)].flip(-1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    b, _, h, w = x.shape
+    out = torch.zeros(b, 3, h, h)
+    left = (h - w) // 2
+    out[..., left:left + w] = x
+    return out
+
+
+def tokenizer():
+    import open_clip
+    return open_clip.get_tokenizer("RN50-quickgelu")  # CLIP's BPE, shipped inside open_clip
+
+
+class PretrainTask:
+    """One engine task: shuffled corpus batches, a caption drawn anew per (seed, epoch, image)."""
+    name = "pretrain"
+
+    def __init__(self, model: torch.nn.Module, corpus: Corpus, cfg: PretrainConfig):
+        from open_clip.loss import ClipLoss
+
+        self.model, self.corpus, self.cfg = model, corpus, cfg
+        self.epochs = cfg.epochs
+        self.loss_fn = ClipLoss()
+        self.tok = tokenizer()
+        self.ctx_len = model.positional_embedding.shape[0]
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.steps_per_epoch = len(corpus) // cfg.batch_size  # drop the last partial batch: contrastive needs width
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self._epoch, self._start = 0, 0
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"main": self.opt}
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up then cosine to zero, per step (open_clip's training schedule)."""
+        c = self.cfg
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        e = step - c.warmup_steps
+        es = max(self.total_steps - c.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * e / es)) * c.lr
+
+    def set_epoch(self, epoch: int, start_batch: int) -> int:
+        self._epoch, self._start = epoch, start_batch
+        return self.steps_per_epoch
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng([self.cfg.seed, self._epoch])
+        order = rng.permutation(len(self.corpus))
+        flips = rng.random(len(self.corpus)) < 0.5
+        bs = self.cfg.batch_size
+        for b in range(self._start, self.steps_per_epoch):
+            idx = np.sort(order[b * bs:(b + 1) * bs])
+            texts = [self.corpus.caption(int(i), np.random.default_rng([self.cfg.seed, self._epoch, int(i)])) for i in idx]
+            yield (to_square_batch(self.corpus.images[idx], flips[idx]),
+                   self.tok(texts, context_length=self.ctx_len), b)
+
+    def step(self, batch, epoch: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        images, text, b = batch
+        step = epoch * self.steps_per_epoch + b
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(step)
+        self.model.train()
+        img_f, txt_f, scale = self.model(images, text)
+        loss = self.loss_fn(img_f, txt_f, scale)
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))  # open_clip's training loop does the same
+        return loss, {"loss": float(loss.detach()), "logit_scale": float(scale.detach()), "lr": self.opt.param_groups[0]["lr"]}, len(images)
+
+    def meta(self) -> dict[str, Any]:
+        return {"spec": {"arch": self.cfg.arch, "prior": True}, "pretrain": dataclasses.asdict(self.cfg)}
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        return {}
+
+
+def export_weights(model: torch.nn.Module, path: Path, provenance: dict[str, Any]) -> Path:
+    """fp16 open_clip state dict (what ``create_model`` + ``load_state_dict`` expects) as safetensors."""
+    from safetensors.torch import save_file
+
+    from ..io_utils import atomic_write
+    sd = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+          for k, v in model.state_dict().items()}
+    md = {"format": "open_clip", "arch": provenance["arch"], "provenance": json_dumps(provenance)}
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=md))
+
+
+def json_dumps(x: Any) -> str:
+    import json
+    return json.dumps(x, sort_keys=True)
+
+
+def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, command: str = "") -> dict[str, Any]:
+    """Build the corpus, train, export ``OUT/<arch>.safetensors`` + ``provenance.json``, score zero-shot."""
+    from ..engine.distributed import setup
+    from ..engine.engine import Engine
+    from ..engine.rundir import RunLock, check_out_dir
+    from ..engine.trainer import environment_info
+    from .zeroshot import zero_shot
+
+    out = Path(out)
+    check_out_dir(out, marker="pretrain.json", resume=resume)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    with RunLock(out):
+        saved = out / "pretrain.json"
+        if resume and saved.exists():
+            import json
+            old = json.loads(saved.read_text())
+            now = dataclasses.asdict(cfg)
+            diff = [k for k in old if old[k] != now.get(k) and k not in ("threads", "stop_after_steps")]
+            if diff:
+                raise ConfigError(f"--resume: {saved} was made with other settings ({', '.join(diff)})")
+        atomic_write_json(saved, dataclasses.asdict(cfg))
+        torch.manual_seed(cfg.seed)
+        model = build_prior(cfg.arch)
+        t0 = time.time()
+        corpus = make_corpus(cfg.images, cfg.seed, cfg.height, cfg.width, progress=True)
+        log.info("pretraining corpus: %d images of %d people in %.0f s", len(corpus), len(corpus.identities),
+                 time.time() - t0)
+        tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(str(out / "tb"))
+        except ImportError:
+            pass
+        engine = Engine(out, setup("cpu"), amp=False, tb_writer=tb, stop_after_steps=cfg.stop_after_steps)
+        task = PretrainTask(model, corpus, cfg)
+        t0 = time.time()
+        engine.run(task, resume=resume)
+        train_s = time.time() - t0
+        if tb is not None:
+            tb.close()
+        weights = out / f"{cfg.arch}.safetensors"
+        provenance: dict[str, Any] = {"arch": cfg.arch, "command": command, "config": dataclasses.asdict(cfg),
+                                      "corpus_images": len(corpus), "corpus_people": len(corpus.identities),
+                                      "train_seconds_this_call": round(train_s, 1), "torch_threads": torch.get_num_threads(),
+                                      "environment": environment_info(cfg.seed)}
+        export_weights(model, weights, provenance)  # fp16 first: the zero-shot numbers are those of the file
+        provenance["zero_shot"] = zero_shot(weights, arch=cfg.arch, n_images=cfg.eval_images, height=cfg.height,
+                                            width=cfg.width)
+        export_weights(model, weights, provenance)
+        atomic_write_json(out / "provenance.json", provenance)
+        return provenance

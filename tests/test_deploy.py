@@ -1,0 +1,194 @@
+"""scireid embed / index / search / export on tiny trained runs and tiny image folders."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import scireid
+from scireid.cli import main
+from scireid.deploy.backend import FingerprintMismatch, open_backend
+from scireid.deploy.embed import embed, load_features
+from scireid.deploy.index import Index
+from scireid.deploy.inputs import Item, read_input
+from conftest import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def gallery(data_root, tmp_path_factory):
+    """A user's own folder: 12 test images in nested folders, plus one corrupt file."""
+    d = tmp_path_factory.mktemp("mine") / "cams"
+    files = sorted((data_root / "test").glob("*.png"))[:12]
+    for i, f in enumerate(files):
+        sub = d / f"cam{i % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, sub / f.name)
+    (d / "cam0" / "broken.jpg").write_bytes(b"not an image at all")
+    return d
+
+
+@pytest.fixture(scope="module")
+def vit_run(data_root, tmp_path_factory):
+    from scireid.engine.trainer import train
+    out = tmp_path_factory.mktemp("vit") / "run"
+    train(tiny_cfg(data_root, out, "model.arch=tiny-vit", "stage1.epochs=1", "stage2.epochs=1",
+                   "run.max_steps_per_epoch=1"))
+    return out
+
+
+def test_embed_folder_skips_corrupt_and_matches_api(full_run, gallery, tmp_path):
+    run, _ = full_run
+    s = embed(run, read_input(gallery), tmp_path / "feats.npy", batch=5, progress=False)
+    assert s["count"] == 12 and len(s["skipped"]) == 1 and s["skipped"][0]["path"].endswith("broken.jpg")
+    feats, side = load_features(tmp_path / "feats.npy")
+    assert feats.shape == (12, side["dim"]) and side["fingerprint"] == s["fingerprint"]
+    ref = scireid.load(run, device="cpu").embed([r["path"] for r in side["rows"]]).numpy()
+    np.testing.assert_allclose(feats, ref, atol=1e-5)
+    assert not (tmp_path / "feats.npy.parts").exists()
+
+
+def test_embed_manifest_and_mot_detections(full_run, data_root, tmp_path):
+    run, _ = full_run
+    seq = tmp_path / "MOT-01"
+    (seq / "img1").mkdir(parents=True)
+    (seq / "det").mkdir()
+    people = sorted((data_root / "test").glob("*.png"))[:2]
+    frame = Image.new("RGB", (200, 160), (90, 90, 90))
+    frame.paste(Image.open(people[0]), (10, 20))
+    frame.paste(Image.open(people[1]), (120, 10))
+    frame.save(seq / "img1" / "000001.jpg", quality=95)
+    (seq / "det" / "det.txt").write_text("1,-1,10,20,64,128,0.9,-1,-1,-1\n1,-1,120,10,64,128,0.8,-1,-1,-1\n")
+    items = read_input(seq)
+    assert [it.box for it in items] == [(10, 20, 64, 128), (120, 10, 64, 128)] and items[0].timestamp == "1"
+    s = embed(run, items, tmp_path / "det.npy", progress=False)
+    feats, side = load_features(tmp_path / "det.npy")
+    crop = Image.open(seq / "img1" / "000001.jpg").convert("RGB").crop((120, 10, 184, 138))
+    ref = scireid.load(run, device="cpu").embed([crop]).numpy()
+    np.testing.assert_allclose(feats[1], ref[0], atol=1e-5)
+    assert s["rows"][1]["box"] == [120, 10, 64, 128]
+    # a CSV manifest carries identities and cameras through to the rows
+    (tmp_path / "m.csv").write_text("path,pid,camid\n" + "".join(f"{p},{i},{i % 3}\n" for i, p in enumerate(people)))
+    s = embed(run, read_input(tmp_path / "m.csv"), tmp_path / "m.npy", progress=False)
+    assert [(r["pid"], r["camid"]) for r in s["rows"]] == [(0, 0), (1, 1)]
+
+
+def test_interrupted_embed_resumes(full_run, gallery, tmp_path):
+    run, _ = full_run
+    items = read_input(gallery)
+    be = open_backend(run, "cpu")
+    calls = {"n": 0}
+
+    class Flaky:
+        pre, dim, fingerprint = be.pre, be.dim, be.fingerprint
+
+        def __init__(self, fail_after):
+            self.fail_after = fail_after
+
+        def __call__(self, x):
+            calls["n"] += 1
+            if self.fail_after and calls["n"] > self.fail_after:
+                raise KeyboardInterrupt("killed")
+            return be(x)
+    with pytest.raises(KeyboardInterrupt):
+        embed(run, items, tmp_path / "f.npy", batch=4, chunk=4, backend=Flaky(2), progress=False)
+    assert len(list((tmp_path / "f.npy.parts").glob("part_*.json"))) == 2  # two complete chunks on disk
+    calls["n"] = 0
+    s = embed(run, items, tmp_path / "f.npy", batch=4, chunk=4, backend=Flaky(0), progress=False)
+    assert calls["n"] == 2  # only the remaining 13 - 8 = 5 images (two batches) were embedded
+    full = embed(run, items, tmp_path / "g.npy", batch=4, chunk=4, backend=be, progress=False)
+    np.testing.assert_array_equal(load_features(tmp_path / "f.npy")[0], load_features(tmp_path / "g.npy")[0])
+    assert s["rows"] == full["rows"]
+    # the same --out with other inputs while a job is unfinished is refused, not mixed
+    (tmp_path / "h.npy.parts").mkdir()
+    (tmp_path / "h.npy.parts" / "job.json").write_text(json.dumps({"key": "other"}))
+    with pytest.raises(scireid.errors.UserError, match="unfinished job"):
+        embed(run, items, tmp_path / "h.npy", backend=be, progress=False)
+
+
+def test_exact_index_ranks_like_eval_and_refuses_other_models(tmp_path):
+    from scireid.eval.metrics import ranked_gallery
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(300, 32)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    q = rng.normal(size=(5, 32)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    rows = [{"path": f"g{i}.jpg", "pid": i % 30, "camid": i % 4, "clothes_id": -1, "box": None, "timestamp": ""}
+            for i in range(300)]
+    idx = Index.build(g, rows, "model-a", kind="exact")
+    idx.save(tmp_path / "idx")
+    idx = Index.load(tmp_path / "idx")
+    scores, ids = idx.search(q, topk=20)
+    dist = 1 - q @ g.T
+    pids, cams = np.array([r["pid"] for r in rows]), np.array([r["camid"] for r in rows])
+    for i in range(5):
+        # the protocol ranking with nothing junk (query identity absent from the gallery)
+        ref = ranked_gallery(dist[i], -7, -7, 0, pids, cams, np.zeros(300, int), "general")
+        assert ids[i].tolist() == ref[:20].tolist()
+    _, ids_x = idx.search(q, topk=5, exclude_camids=[1, 1, 2, -1, 3])
+    assert all(cams[j] != c for row, c in zip(ids_x, [1, 1, 2]) for j in row)
+    with pytest.raises(FingerprintMismatch, match="model-a"):
+        idx.add(g[:3], rows[:3], "model-b")
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivf-pq"])
+def test_approximate_kinds_report_recall(kind):
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=(2000, 16)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    rows = [{"path": f"{i}", "pid": -1, "camid": -1} for i in range(2000)]
+    idx = Index.build(g, rows, "m", kind=kind)
+    r = idx.params["recall@10_vs_exact"]
+    assert 0.0 <= r <= 1.0 and (r > 0.2 if kind == "ivf-pq" else r > 0.8)
+
+
+def test_cli_index_search_html_and_fingerprint(full_run, gallery, data_root, tmp_path, capsys):
+    run, _ = full_run
+    assert main(["index", "build", str(run), str(gallery), "--out", str(tmp_path / "idx")]) == 0
+    query = next(gallery.glob("cam1/*.png"))
+    assert main(["search", str(tmp_path / "idx"), str(query), "--topk", "3", "--json",
+                 "--html", str(tmp_path / "res.html")]) == 0
+    res = json.loads(capsys.readouterr().out.split("wrote")[0])
+    assert res[0]["results"][0]["path"] == str(query) and res[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    page = (tmp_path / "res.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 4 and "http" not in page.replace("http-equiv", "")
+    # appending with the same model grows the index; a model with other weights is refused
+    assert main(["index", "add", str(tmp_path / "idx"), str(query)]) == 0
+    assert Index.load(tmp_path / "idx").index.ntotal == 13
+    other = tmp_path / "other_run"
+    shutil.copytree(run, other)
+    import torch
+    from safetensors.torch import load_file, save_file
+    from scireid.engine.checkpoint import read_meta
+    for name in ("model_best.safetensors",):
+        sd, meta = load_file(str(other / name)), read_meta(other / name)
+        sd = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in sd.items()}
+        save_file(sd, str(other / name), metadata={k: json.dumps(v) for k, v in meta.items()})
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "idx"), str(query), "--model", str(other)]) == 2
+    assert "cannot be mixed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["rn", "vit"])
+def test_onnx_export_parity_and_onnx_backend(arch, full_run, vit_run, gallery, tmp_path, capsys):
+    run = full_run[0] if arch == "rn" else vit_run
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", str(run), "--out", str(onnx_path), "--check", "--images", str(gallery / "cam1")]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "max |diff|" in out
+    import onnx
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    pre = json.loads(meta["scireid_preprocess"])
+    assert pre["interpolation"] == "bilinear" and pre["colour_order"] == "RGB" and meta["scireid_fingerprint"]
+    from scireid.deploy.export import check_parity
+    r = check_parity(run, onnx_path)
+    assert r["max_abs_diff"] <= 1e-4
+    # the ONNX file embeds like the run and carries the same fingerprint
+    a = embed(run, read_input(gallery / "cam1"), tmp_path / "a.npy", progress=False)
+    b = embed(onnx_path, read_input(gallery / "cam1"), tmp_path / "b.npy", progress=False)
+    assert a["fingerprint"] == b["fingerprint"]
+    np.testing.assert_allclose(load_features(tmp_path / "a.npy")[0], load_features(tmp_path / "b.npy")[0], atol=1e-4)
+    # fp16: cosine >= 0.999
+    assert main(["export", str(run), "--out", str(tmp_path / "h.onnx"), "--fp16", "--check"]) == 0
+    r16 = check_parity(run, tmp_path / "h.onnx")
+    assert r16["min_cosine"] >= 0.999
