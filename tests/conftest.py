@@ -40,3 +40,15 @@ def full_run(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
     res = train(tiny_cfg(data_root, out))
     return out, res
+
+
+def browser_screenshot(page, shot, size: str = "1200,3000"):
+    """Render a local HTML file in headless Chromium (slow tests only); skip where none is installed."""
+    import shutil
+    import subprocess
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless browser installed (apt-get install chromium)")
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server", f"--screenshot={shot}",
+                    f"--window-size={size}", f"file://{page}"], check=True, timeout=120, capture_output=True)
+    return shot

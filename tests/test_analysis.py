@@ -127,7 +127,7 @@ def test_report_html_is_self_contained(full_run, capsys):
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
     for section in ("Metrics (last epoch)", "Training curves", "Retrieval", "Grad-CAM", "t-SNE", "Efficiency",
-                    "Prompt interpretation", "Resolved config"):
+                    "Prompt interpretation", "Resolved config", "Mechanism, measured against the generator"):
         assert section in page
     srcs = re.findall(r'(?:src|href)="([^"]+)"', page)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
@@ -143,15 +143,8 @@ def test_analyze_cli(full_run, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_report_opens_in_headless_browser(full_run, tmp_path):
-    import subprocess
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("no headless browser installed")
+    from conftest import browser_screenshot
     out, _ = full_run
     main(["report", str(out)])
-    shot = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-proxy-server", f"--screenshot={shot}",
-                    "--window-size=1200,3000", f"file://{out / 'report.html'}"], check=True, timeout=120,
-                   capture_output=True)
-    im = np.asarray(Image.open(shot).convert("L"))
+    im = np.asarray(Image.open(browser_screenshot(out / "report.html", tmp_path / "shot.png")).convert("L"))
     assert im.std() > 10  # rendered content, not a blank page

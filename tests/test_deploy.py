@@ -146,9 +146,10 @@ def test_cli_index_search_html_and_fingerprint(full_run, gallery, data_root, tmp
     run, _ = full_run
     assert main(["index", "build", str(run), str(gallery), "--out", str(tmp_path / "idx")]) == 0
     query = next(gallery.glob("cam1/*.png"))
+    capsys.readouterr()
     assert main(["search", str(tmp_path / "idx"), str(query), "--topk", "3", "--json",
                  "--html", str(tmp_path / "res.html")]) == 0
-    res = json.loads(capsys.readouterr().out.split("wrote")[0])
+    res = json.loads(capsys.readouterr().out)
     assert res[0]["results"][0]["path"] == str(query) and res[0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     page = (tmp_path / "res.html").read_text()
     assert page.count("data:image/jpeg;base64,") == 4 and "http" not in page.replace("http-equiv", "")
@@ -192,3 +193,19 @@ def test_onnx_export_parity_and_onnx_backend(arch, full_run, vit_run, gallery, t
     assert main(["export", str(run), "--out", str(tmp_path / "h.onnx"), "--fp16", "--check"]) == 0
     r16 = check_parity(run, tmp_path / "h.onnx")
     assert r16["min_cosine"] >= 0.999
+
+
+@pytest.mark.slow
+def test_search_page_renders_in_headless_browser(full_run, gallery, tmp_path):
+    from conftest import browser_screenshot
+    run, _ = full_run
+    files = sorted(gallery.glob("*/*.png"))
+    (tmp_path / "g.csv").write_text("path,pid\n" + "".join(f"{f},{f.name.split('_')[0]}\n" for f in files))
+    (tmp_path / "q.csv").write_text(f"path,pid\n{files[0]},{files[0].name.split('_')[0]}\n")
+    assert main(["index", "build", str(run), str(tmp_path / "g.csv"), "--out", str(tmp_path / "idx")]) == 0
+    assert main(["search", str(tmp_path / "idx"), str(tmp_path / "q.csv"), "--topk", "5",
+                 "--html", str(tmp_path / "r.html")]) == 0
+    im = np.asarray(Image.open(browser_screenshot(tmp_path / "r.html", tmp_path / "shot.png", "900,500")).convert("RGB"))
+    assert im.std() > 10
+    green = (im[..., 1] > 150) & (im[..., 0] < 80) & (im[..., 2] < 80)
+    assert green.sum() > 50  # the right-identity border (the query itself is in the gallery) is drawn

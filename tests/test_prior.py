@@ -124,14 +124,14 @@ def test_corpus_identities_never_overlap_reid_sets(tmp_path):
 
 def test_pretrain_runs_and_resumes_bit_identically(tmp_path):
     from scireid.prior.pretrain import pretrain, pretrain_config
-    base = ["arch=tiny-rn", "images=96", "epochs=2", "batch_size=32", "warmup_steps=2", "eval_images=24",
+    base = ["arch=tiny-prior", "images=96", "epochs=2", "batch_size=32", "warmup_steps=2", "eval_images=24",
             "height=32", "width=16"]
     a = pretrain(tmp_path / "a", pretrain_config(base))
     with pytest.raises(KeyboardInterrupt):
         pretrain(tmp_path / "b", pretrain_config(base + ["stop_after_steps=4"]))
     pretrain(tmp_path / "b", pretrain_config(base + ["stop_after_steps=4"]), resume=True)
     from safetensors.torch import load_file
-    wa, wb = load_file(str(tmp_path / "a" / "tiny-rn.safetensors")), load_file(str(tmp_path / "b" / "tiny-rn.safetensors"))
+    wa, wb = (load_file(str(tmp_path / x / "tiny-prior.safetensors")) for x in ("a", "b"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     prov = json.loads((tmp_path / "a" / "provenance.json").read_text())
     assert prov["corpus_images"] == 96 and set(prov["zero_shot"]["attributes"]) >= {"skin", "top_colour"}
@@ -181,3 +181,20 @@ def test_prompt_decoding_finds_a_planted_attribute():
     res = decode(planted, lambda ph: encode_phrases(model, ph), [{"hair_colour": {0}}, {"hair_colour": {0}},
                                                                    {"top_colour": {0}}])
     assert res["attributes"]["hair_colour"]["accuracy"] == 0.0
+
+
+def test_pretrain_cli_and_eval(tmp_path, capsys):
+    from scireid.cli import main
+    args = ["pretrain", "--out", str(tmp_path / "p"), "--images", "64", "--epochs", "1", "arch=tiny-prior",
+            "batch_size=32", "eval_images=16", "height=32", "width=16"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "hair_colour" in out and "model.weights=" in out
+    prov = json.loads((tmp_path / "p" / "provenance.json").read_text())
+    assert prov["command"].startswith("scireid pretrain") and prov["config"]["images"] == 64
+    assert main(["pretrain", "--eval", str(tmp_path / "p" / "tiny-prior.safetensors"), "--arch", "tiny-prior"]) == 0
+    assert "image->caption R@1" in capsys.readouterr().out
+    assert main(["pretrain", "--eval", str(tmp_path / "p" / "tiny-prior.safetensors")]) == 2  # not a synth-clip file
+    assert "not an open_clip synth-clip state dict" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "q"), "arch=tiny-prior"]) == 2  # 32x32 arch at height 64
+    assert "takes 32x32 images" in capsys.readouterr().err

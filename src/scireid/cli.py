@@ -84,14 +84,17 @@ def cmd_pretrain(a) -> int:
     from .prior.zeroshot import format_zero_shot, zero_shot
 
     if a.eval:
-        print(format_zero_shot(zero_shot(a.eval, arch=a.arch)) if not a.json else json.dumps(zero_shot(a.eval, arch=a.arch), indent=2))
+        from .models.backbone import model_config
+        size = model_config(a.arch)["vision_cfg"]["image_size"]
+        z = zero_shot(a.eval, arch=a.arch, height=size, width=size // 2)
+        print(json.dumps(z, indent=2) if a.json else format_zero_shot(z))
         return 0
     ov = list(a.overrides)
     for k in ("images", "epochs", "seed"):
         if getattr(a, k) is not None:
             ov.append(f"{k}={getattr(a, k)}")
     cfg = pretrain_config(ov)
-    command = "scireid pretrain " + " ".join(sys.argv[2:] if a.command_line is None else a.command_line)
+    command = "scireid " + " ".join(a.argv)
     prov = pretrain(a.out, cfg, resume=a.resume, command=command.strip())
     print(format_zero_shot(prov["zero_shot"]))
     print(f"wrote {a.out}/{cfg.arch}.safetensors; use it with model.arch={cfg.arch} model.weights={a.out}/{cfg.arch}.safetensors")
@@ -195,7 +198,7 @@ def cmd_search(a) -> int:
                 mark = {True: " [same id]", False: " [other id]", None: ""}[h["same_identity"]]
                 print(f"  {h['rank']:>3}  {h['score']:.4f}  {h['path']}  {meta}{mark}")
     if a.html:
-        print(f"wrote {a.html}")
+        print(f"wrote {a.html}", file=sys.stderr if a.json else sys.stdout)  # --json output stays pure JSON
     return 0
 
 
@@ -257,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--arch", default="synth-clip", help="architecture of --eval FILE")
     pt.add_argument("--json", action="store_true", help="with --eval: JSON output")
     pt.add_argument("overrides", nargs="*", help="key=value: arch, lr, batch_size, height, width, ... (PretrainConfig)")
-    pt.set_defaults(fn=cmd_pretrain, command_line=None)
+    pt.set_defaults(fn=cmd_pretrain)
 
     s = sub.add_parser("synth", help="write the synthetic cloth-changing dataset (LTCC layout)")
     s.add_argument("out")
@@ -359,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     _setup_logging(args.verbose)
     from .data.loading import ImageReadError
     from .errors import UserError

@@ -56,22 +56,11 @@ def _train_one(variant: str, seed: int, data_root: Path, runs: Path, overrides: 
 
 
 def measure_mechanism(run: Path, data_root: Path, variant: str) -> dict[str, Any]:
-    """Prompt decoding, SIM attention (SIM runs) or Grad-CAM (others) shares on trait vs garment pixels."""
+    """Prompt decoding; SIM attention (SIM runs) and Grad-CAM shares on trait vs garment pixels."""
     from .analysis.common import load_run
-    from .analysis.mechanism import gradcam_mass, prompt_decoding, read_synthetic_meta, sim_attention_mass
-    from .data.loading import build_transforms
+    from .analysis.mechanism import measure_run
 
-    lr = load_run(run, device="cpu")
-    meta = read_synthetic_meta(data_root)
-    out: dict[str, Any] = {}
-    if meta is not None and "outfits_worn" in meta:
-        out["prompt_decoding"] = prompt_decoding(lr.model, lr.ds, meta)
-    d = lr.cfg.data
-    tf = build_transforms(d.height, d.width, d.pixel_mean, d.pixel_std, train=False)
-    if lr.model.sim is not None:
-        out["sim_attention"] = sim_attention_mass(lr.model, lr.ds.test, data_root, tf)
-    out["gradcam"] = gradcam_mass(lr, lr.ds.test, data_root)
-    return out
+    return measure_run(load_run(run / "model_last.safetensors", device="cpu")) or {}  # the table is last-epoch
 
 
 def zero_shot_row(data_root: Path, runs: Path, overrides: list[str]) -> dict[str, Any]:
@@ -109,10 +98,11 @@ def run_demo(out: str | Path = "scireid_demo", quick: bool = False, seed: int = 
 
     out = Path(out)
     check_out_dir(out, marker=("runs", "report.md"))
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(parents=True, exist_ok=True)  # marks the folder as a demo's before anything else is written
     t_start = time.time()
-    log.info("[1/3] synthetic cloth-changing data (cached in %s)", out / "data")
-    data_root = ensure_synthetic(out / f"data-ids{ids}-seed{seed}", ids=ids, seed=seed)
+    data_root = out / f"data-ids{ids}-seed{seed}"
+    log.info("[1/3] synthetic cloth-changing data (cached in %s)", data_root)
+    ensure_synthetic(data_root, ids=ids, seed=seed)
     runs = out / "runs" / f"{'quick' if quick else 'full'}-ids{ids}"
     variants = ["baseline", "full"] if quick else ["baseline", "sse", "sim", "full"]
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
@@ -128,7 +118,7 @@ def run_demo(out: str | Path = "scireid_demo", quick: bool = False, seed: int = 
             log.info("run %d/%d: %s seed %d", jobs.index((v, s)) + 1, len(jobs), v, s)
         results[v][s] = _train_one(v, s, data_root, runs, (QUICK_OVERRIDES if quick else []) + list(overrides))
     log.info("[3/3] report")
-    report = build_report(out, results, seeds, quick, time.time() - t_start, overrides)
+    report = build_report(out, runs, results, seeds, quick, time.time() - t_start, overrides)
     log.info("report: %s", out / "report.md")
     return report
 
@@ -138,7 +128,7 @@ def _stats(results: dict[int, dict[str, Any]], setting: str, metric: str) -> tup
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"), vals
 
 
-def build_report(out: Path, results: dict[str, dict[int, dict[str, Any]]], seeds: list[int], quick: bool,
+def build_report(out: Path, runs: Path, results: dict[str, dict[int, dict[str, Any]]], seeds: list[int], quick: bool,
                  seconds: float, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for v, per_seed in results.items():
@@ -163,11 +153,14 @@ def build_report(out: Path, results: dict[str, dict[int, dict[str, Any]]], seeds
                 verdicts.append({"variant": v, "setting": st, "metric": m, "diff": diff, "verdict": verdict})
     checks = component_checks(runs, results)
     curves_png = plot_curves(out, runs, results)
+    from .analysis.mechanism import mechanism_figure
+    mech_png = mechanism_figure(checks, out / "mechanism.png").name if checks else None
     timing = {f"{v}-seed{s}": r.get("seconds") for v, rs in results.items() for s, r in rs.items()}
     cfg = load_config("synthetic", list(overrides))
     report = {"quick": quick, "seeds": seeds, "arch": cfg.model.arch, "weights": cfg.model.weights,
               "input": f"{cfg.data.height}x{cfg.data.width}", "table": table, "differences_vs_baseline": verdicts,
-              "component_checks": checks, "timings_s": timing, "total_s": seconds, "curves": curves_png}
+              "component_checks": checks, "timings_s": timing, "total_s": seconds, "curves": curves_png,
+              "mechanism_figure": mech_png}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
     return report
@@ -204,20 +197,8 @@ def component_checks(runs: Path, results) -> dict[str, Any]:
                 c["ln_batch"] = math.log(cfg_bs)
                 c["stage1_i2t_over_ln_batch"] = s1[-1]["i2t"] / math.log(cfg_bs)
                 c["stage1_t2i_over_ln_batch"] = s1[-1]["t2i"] / math.log(cfg_bs)
-            mech = rs[s].get("mechanism") or {}
-            pdec = mech.get("prompt_decoding")
-            if pdec:
-                for which in ("T_id", "prototype"):
-                    c[f"decode_{which}_identity"] = pdec[which]["identity_accuracy"]
-                    c[f"decode_{which}_clothes"] = pdec[which]["clothes_accuracy"]
-                c["decode_identity_chance"] = pdec["prototype"]["identity_chance"]
-                c["decode_clothes_chance"] = pdec["prototype"]["clothes_chance"]
-            if mech.get("sim_attention"):
-                sa = mech["sim_attention"]
-                c["sim_attn_trait"], c["sim_attn_garment"] = sa["trait_mass"], sa["garment_mass"]
-                c["uniform_trait"], c["uniform_garment"] = sa["uniform_trait_mass"], sa["uniform_garment_mass"]
-            if mech.get("gradcam"):
-                c["gradcam_trait"], c["gradcam_garment"] = mech["gradcam"]["trait_mass"], mech["gradcam"]["garment_mass"]
+            from .analysis.mechanism import flatten
+            c.update(flatten(rs[s].get("mechanism") or {}))
             checks[f"{v}-seed{s}"] = c
     return checks
 
@@ -233,7 +214,7 @@ def plot_curves(out: Path, runs: Path, results) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(24, 4))
     for v, rs in results.items():
         if v == "zero-shot":
             continue
@@ -248,8 +229,18 @@ def plot_curves(out: Path, runs: Path, results) -> str:
             axes[1].plot([e for e, _ in ev], [x["general"]["R-1"] for _, x in ev], "o-", color=color, label=lab, alpha=0.8)
             axes[2].plot([e for e, _ in ev], [x["cloth-changing"]["R-1"] for _, x in ev], "o-", color=color, label=lab,
                          alpha=0.8)
+            g = [(r["epoch"], abs(r["gamma"])) for r in recs if "gamma" in r]
+            if g:
+                axes[3].plot(*zip(*g), color=color, label=lab, alpha=0.8)
+            c = [(r["epoch"], r["clothes_acc"]) for r in recs if "clothes_acc" in r]
+            if c:
+                axes[4].plot(*zip(*c), color=color, label=lab, alpha=0.8)
+                on = [r["epoch"] for r in recs if "cal" in r]
+                if on and i == 0:
+                    axes[4].axvline(on[0] - 0.5, color=color, ls=":", lw=1)
     from .analysis.report import save_epoch_figure
-    titles = ("stage-2 training loss", "general R-1 (%)", "cloth-changing R-1 (%)")
+    titles = ("stage-2 training loss", "general R-1 (%)", "cloth-changing R-1 (%)", "|gamma| (SIM gate)",
+              "clothes-classifier accuracy (dotted: CAL starts)")
     return save_epoch_figure(fig, axes, titles, out / "curves.png", dpi=90).name
 
 
@@ -323,6 +314,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
         sim_t = f"{c['sim_attn_trait']:.3f} ({c['uniform_trait']:.3f})" if "sim_attn_trait" in c else "—"
         sim_g = f"{c['sim_attn_garment']:.3f} ({c['uniform_garment']:.3f})" if "sim_attn_garment" in c else "—"
         L.append(f"| {run} | {sim_t} | {sim_g} | {fmt(c.get('gradcam_trait'))} | {fmt(c.get('gradcam_garment'))} |")
+    if rep.get("mechanism_figure"):
+        L += ["", f"![mechanism]({rep['mechanism_figure']})"]
     L += ["", "## Training curves", "", f"![curves]({rep['curves']})", "", "## Timings", "",
           "| run | seconds |", "|---|---|"]
     for run, s in rep["timings_s"].items():

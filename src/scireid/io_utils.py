@@ -36,21 +36,14 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
         writer(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        # torch.save reports a full disk as RuntimeError("... unexpected pos ..."), safetensors as StorageFull
+        full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+            s in str(e) for s in ("unexpected pos", "No space left", "StorageFull"))
+        if full:
             raise DiskFull(f"no space left on the device writing {path}; the file as it was before is intact") from None
-        raise
-    except RuntimeError as e:  # torch.save reports a full disk as a RuntimeError ("unexpected pos ...")
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if "unexpected pos" in str(e) or "No space left" in str(e):
-            raise DiskFull(f"no space left on the device writing {path}; the file as it was before is intact") from None
-        raise
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise
     return path
 

@@ -49,10 +49,21 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
     fingerprint = make_fingerprint(be.fingerprint.split("/")[0], pre, "fp16" if fp16 else "fp32")
 
     def write(tmp: str) -> None:
+        fast = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's fused kernel has no ONNX form
+        try:
+            _export(tmp)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fast)
+        _add_metadata(tmp)
+
+    def _export(tmp: str) -> None:
         with torch.no_grad():
             torch.onnx.export(wrapper, (x,), tmp, input_names=["images"], output_names=["output"], opset_version=opset,
                               dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None,
                               dynamo=False)
+
+    def _add_metadata(tmp: str) -> None:
         m = onnx.load(tmp)
         meta = {"scireid_fingerprint": fingerprint, "scireid_dim": str(model.feat_dim),
                 "scireid_preprocess": json.dumps({"height": pre.height, "width": pre.width, "mean": list(pre.mean),

@@ -87,9 +87,16 @@ def save_state(dirpath: str | Path, model: torch.nn.Module, meta: dict[str, Any]
         if p.exists():
             shutil.rmtree(p)
     tmp.mkdir(parents=True)
-    save_weights(tmp / "model.safetensors", model, meta)
-    atomic_write(tmp / "state.pt", lambda t: torch.save(state, t))
-    (tmp / COMPLETE).touch()
+    from ..io_utils import DiskFull
+    try:
+        save_weights(tmp / "model.safetensors", model, meta)
+        atomic_write(tmp / "state.pt", lambda t: torch.save(state, t))
+        (tmp / COMPLETE).touch()
+    except DiskFull:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f"the previous checkpoint in {dirpath} is intact" if dirpath.exists() else "no checkpoint was written yet"
+        raise DiskFull(f"no space left on the device saving a checkpoint to {dirpath}; {where}; free space and "
+                       f"continue with --resume") from None
     if dirpath.exists():
         os.replace(dirpath, old)
     os.replace(tmp, dirpath)

@@ -61,6 +61,14 @@ def pretrain_config(overrides: list[str] | tuple[str, ...] = ()) -> PretrainConf
         raise ConfigError(f"lr={cfg.lr}: expected a positive number")
     if cfg.height % 32 or cfg.width > cfg.height:
         raise ConfigError(f"height={cfg.height} width={cfg.width}: height must be a multiple of 32 and width <= height")
+    from ..models.backbone import model_config
+    size = model_config(cfg.arch)["vision_cfg"]["image_size"]
+    if size != cfg.height:
+        raise ConfigError(f"arch={cfg.arch} takes {size}x{size} images (models/model_configs/{cfg.arch}.json) but "
+                          f"height={cfg.height}: pretraining pads each crop to height x height")
+    from .corpus import HELD_OUT_SEED
+    if cfg.seed == HELD_OUT_SEED:
+        raise ConfigError(f"seed={cfg.seed} is the held-out evaluation set's; choose another")
     return cfg
 
 

@@ -21,9 +21,13 @@ def load_prior(path: str | Path, arch: str) -> torch.nn.Module:
     from safetensors.torch import load_file
 
     from .pretrain import build_prior
+    from ..errors import WeightsError
     model = build_prior(arch)
-    sd = load_file(str(path))
-    model.load_state_dict({k: v.float() for k, v in sd.items()})
+    try:
+        sd = load_file(str(path))
+        model.load_state_dict({k: v.float() for k, v in sd.items()})
+    except Exception as e:
+        raise WeightsError(f"{path}: not an open_clip {arch} state dict ({str(e).splitlines()[0][:160]})") from None
     return model.eval()
 
 
