@@ -166,7 +166,9 @@ def run_sweep() -> dict:
 
     cy = torchreid_cython()
     rows = []
-    for noise in (0.3, 2.0, 3.5, 6.0, 12.0, None):
+    warm = np.random.default_rng(9).random((512, 4096)).astype(np.float32)
+    np.argsort(warm, axis=1), np.sort(warm, axis=1)  # first-call costs out of the first row
+    for noise in (0.3, 2.0, 2.5, 2.8, 3.1, 3.5, 6.0, None):
         qf, gf, *labels = market_like(3368, 15913, 750, 6617, 256, noise=noise or 1.0)
         if noise is None:  # an untrained model: random features
             rng = np.random.default_rng(5)

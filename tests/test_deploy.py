@@ -11,7 +11,8 @@ from scireid.cli import main
 from scireid.deploy.backend import FingerprintMismatch, open_backend
 from scireid.deploy.embed import embed, load_features
 from scireid.deploy.index import Index
-from scireid.deploy.inputs import Item, read_input
+from scireid.deploy.inputs import read_input
+from scireid.errors import UserError
 from conftest import tiny_cfg
 
 
@@ -102,7 +103,7 @@ def test_interrupted_embed_resumes(full_run, gallery, tmp_path):
     # the same --out with other inputs while a job is unfinished is refused, not mixed
     (tmp_path / "h.npy.parts").mkdir()
     (tmp_path / "h.npy.parts" / "job.json").write_text(json.dumps({"key": "other"}))
-    with pytest.raises(scireid.errors.UserError, match="unfinished job"):
+    with pytest.raises(UserError, match="unfinished job"):
         embed(run, items, tmp_path / "h.npy", backend=be, progress=False)
 
 
@@ -115,6 +116,7 @@ def test_exact_index_ranks_like_eval_and_refuses_other_models(tmp_path):
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     rows = [{"path": f"g{i}.jpg", "pid": i % 30, "camid": i % 4, "clothes_id": -1, "box": None, "timestamp": ""}
             for i in range(300)]
+    assert scireid.Index is Index
     idx = Index.build(g, rows, "model-a", kind="exact")
     idx.save(tmp_path / "idx")
     idx = Index.load(tmp_path / "idx")

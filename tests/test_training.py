@@ -173,3 +173,25 @@ def test_ddp_two_process_gloo_matches_single_process(data_root, tmp_path):
     b = load_file(str(tmp_path / "ddp" / "model_last.safetensors"))
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
     assert worst < 1e-3, worst
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_backbone_bn_keeps_pretrained_statistics(data_root, tmp_path, frozen):
+    from scireid.data.source import load_dataset
+    from scireid.engine.distributed import DistContext
+    from scireid.engine.tasks import Stage2Task
+    from scireid.engine.trainer import model_spec
+    from scireid.models.sci import build_model
+    cfg = tiny_cfg(data_root, tmp_path / "r", f"stage2.freeze_backbone_bn={str(frozen).lower()}")
+    ds = load_dataset(cfg)
+    model = build_model(model_spec(cfg, ds))
+    task = Stage2Task(model, ds, cfg, DistContext())
+    task.set_epoch(0, 0)
+    stats = lambda: {n: b.clone() for n, b in model.visual.named_buffers() if n.endswith("running_mean")}  # noqa: E731
+    before = stats()
+    loss, _, _ = task.step(next(task.batches()), 0)
+    loss.backward()
+    after = stats()
+    assert before and all(torch.equal(before[n], after[n]) for n in before) == frozen
+    # the neck BN (not the CLIP trunk) keeps training either way
+    assert model.bottleneck.training

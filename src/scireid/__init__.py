@@ -6,7 +6,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "build_dataset", "evaluate", "__version__"]
+__all__ = ["load", "build_dataset", "evaluate", "Index", "embed", "__version__"]
 
 
 def __getattr__(name: str):
@@ -19,4 +19,10 @@ def __getattr__(name: str):
     if name == "evaluate":
         from .eval.metrics import evaluate
         return evaluate
+    if name == "Index":
+        from .deploy.index import Index
+        return Index
+    if name == "embed":
+        from .deploy.embed import embed
+        return embed
     raise AttributeError(name)

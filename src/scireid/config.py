@@ -92,6 +92,7 @@ class Stage2Config:
     cal_scale: float = 16.0
     cal_epsilon: float = 0.1
     eval_every: int = 10
+    freeze_backbone_bn: bool = False  # CLIP trunk's BatchNorm layers keep their pretrained statistics (CLIP-ReID: off)
 
 
 @dataclass

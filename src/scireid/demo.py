@@ -256,8 +256,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
 
     def cell(x):
         std = x["std"]
-        return f"{x['mean']:.1f}" + (f" ± {std:.1f}" if std is not None and np.isfinite(std) and len(set(x["values"])) > 1
-                                     or (std is not None and np.isfinite(std) and std > 0) else "")
+        shown = std is not None and np.isfinite(std) and max(x["values"]) - min(x["values"]) > 1e-9
+        return f"{x['mean']:.1f}" + (f" ± {std:.1f}" if shown else "")
     for v, t in rep["table"].items():
         L.append(f"| {VARIANT_ROWS[v]} | {cell(t['general']['R-1'])} | {cell(t['general']['mAP'])} | "
                  f"{cell(t['cloth-changing']['R-1'])} | {cell(t['cloth-changing']['mAP'])} |")

@@ -183,7 +183,7 @@ def mechanism_figure(rows: dict[str, dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
     x = np.arange(len(names))
     keys = [("decode_T_id_identity", "T_id: identity traits"), ("decode_prototype_identity", "prototype: identity traits"),
             ("decode_T_id_clothes", "T_id: clothes"), ("decode_prototype_clothes", "prototype: clothes")]
@@ -195,15 +195,19 @@ def mechanism_figure(rows: dict[str, dict[str, Any]], path: Path) -> Path:
     axes[0].set_ylabel("top-1 decoding accuracy (%)")
     axes[0].set_title("decoded prompts vs the generator's truth")
     keys = [("sim_attn_trait", "SIM attention on traits"), ("uniform_trait", "uniform attention on traits"),
-            ("gradcam_trait", "Grad-CAM on traits"), ("gradcam_garment", "Grad-CAM on garments")]
+            ("sim_attn_garment", "SIM attention on garments"), ("uniform_garment", "uniform attention on garments")]
     for i, (k, lab) in enumerate(keys):
         axes[1].bar(x + (i - 1.5) * 0.2, [rows[n].get(k) or 0 for n in names], 0.2, label=lab)
-    axes[1].set_ylabel("share of the map's mass")
-    axes[1].set_title("where the model looks")
+    axes[1].set_ylabel("share of the attention mass")
+    axes[1].set_title("SIM cross-attention (runs with SIM)")
+    for i, (k, lab) in enumerate([("gradcam_trait", "Grad-CAM on traits"), ("gradcam_garment", "Grad-CAM on garments")]):
+        axes[2].bar(x + (i - 0.5) * 0.3, [rows[n].get(k) or 0 for n in names], 0.3, label=lab)
+    axes[2].set_ylabel("share of the Grad-CAM mass")
+    axes[2].set_title("Grad-CAM of the retrieval feature (rest: background)")
     for ax in axes:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=20, fontsize=8)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

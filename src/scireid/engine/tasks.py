@@ -164,6 +164,10 @@ class Stage2Task:
         dev = self.ctx.device
         imgs, pids, clothes = imgs.to(dev, non_blocking=True), pids.to(dev), clothes.to(dev)
         self.net.train()
+        if self.c.freeze_backbone_bn:  # keep the pretrained running statistics (and use them) in the CLIP trunk
+            for mod in self.model.visual.modules():
+                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
         m, c = self.model, self.c
         with autocast(dev, self.cfg.run.amp):
             out = self.net(imgs)
