@@ -178,9 +178,12 @@ def run_sweep() -> dict:
         dist = (1 - q @ g.T).numpy()
         r = {"noise": noise if noise is not None else "random"}
         for path in ("auto", "partial", "counting"):
-            t = time.perf_counter()
-            res = evaluate(dist, *labels, mode="general", path=path)
-            r[f"{path}_s"] = time.perf_counter() - t
+            times = []
+            for _ in range(2):  # best of two: the first call of a row pays page faults
+                t = time.perf_counter()
+                res = evaluate(dist, *labels, mode="general", path=path)
+                times.append(time.perf_counter() - t)
+            r[f"{path}_s"] = min(times)
             r.setdefault("mAP", res["mAP"])
             r.setdefault("R-1", float(res["cmc"][0]))
             assert res["mAP"] == r["mAP"]

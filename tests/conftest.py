@@ -19,7 +19,8 @@ def code_dir(tmp_path):
 def tiny_cfg(root, out, *extra):
     """The synthetic preset shrunk to seconds: 64x32 input, a few steps per epoch."""
     return load_config("synthetic", [
-        f"data.root={root}", f"run.out={out}", "model.arch=tiny-rn", "model.weights=none",
+        f"data.root={root}", f"run.out={out}", "model.arch=tiny-rn", "model.weights=none", "stage2.lr=1e-3",
+        "stage2.freeze_backbone_bn=false",
         "data.height=64", "data.width=32", "data.num_instances=4",
         "stage1.epochs=2", "stage1.batch_size=16", "stage1.warmup_epochs=1",
         "stage2.epochs=3", "stage2.batch_size=16", "stage2.warmup_epochs=1", "stage2.milestones=[2]",

@@ -63,7 +63,7 @@ def make_faiss_index(kind: str, dim: int, n_train: int, nlist: int = 0, m: int =
             nbits = 8 if n_train >= 256 * 39 else max(1, min(8, int(math.log2(max(n_train // 39, 2)))))
             idx = faiss.IndexIVFPQ(quant, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
             params = {"nlist": nlist, "m": m, "nbits": nbits}
-        idx.nprobe = min(nlist, max(8, nlist // 30))
+        idx.nprobe = min(nlist, max(16, nlist // 16))
         return idx, params | {"nprobe": idx.nprobe, "own_quantizer": quant}
     raise UserError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
 

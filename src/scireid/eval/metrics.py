@@ -100,11 +100,12 @@ def _positive_ranks(dist: np.ndarray, qi: np.ndarray, gi: np.ndarray, good: np.n
     ``qp`` are the block's query identities, ``gp`` the gallery's.
     """
     nq = dist.shape[0]
-    if path == "auto":
-        n_good = np.bincount(qi[good], minlength=nq)
+    if path == "auto":  # estimate the partial path's candidate share on a few rows of the block
+        rows = np.unique(np.linspace(0, nq - 1, min(nq, 32)).astype(np.int64))
+        sel = np.isin(qi, rows) & good
         dmax = np.full(nq, -np.inf)
-        np.maximum.at(dmax, qi[good], dist[qi[good], gi[good]])
-        frac = np.count_nonzero(dist <= dmax[:, None]) / max(dist.size, 1)
+        np.maximum.at(dmax, qi[sel], dist[qi[sel], gi[sel]])
+        frac = np.count_nonzero(dist[rows] <= dmax[rows, None]) / max(len(rows) * dist.shape[1], 1)
         path = "counting" if frac > COUNTING_ABOVE else "partial"
     if path == "partial":
         rows, cols, pos, n_good = _rank_block(dist, qi, gi, good, owned)
