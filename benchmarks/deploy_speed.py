@@ -117,7 +117,8 @@ def numpy_topk(g: np.ndarray, q: np.ndarray, k: int, chunk: int = 200_000) -> np
     return best_i
 
 
-def bench_search(sizes: list[int], dim: int, n_queries: int = 256, k: int = 10) -> list[dict]:
+def bench_search(sizes: list[int], dim: int, n_queries: int = 256, k: int = 10,
+                 kinds: tuple[str, ...] = ("exact", "ivf", "ivf-pq", "hnsw")) -> list[dict]:
     import faiss
 
     from scireid.deploy.index import Index
@@ -133,9 +134,9 @@ def bench_search(sizes: list[int], dim: int, n_queries: int = 256, k: int = 10) 
         ref = numpy_topk(g, q, k)
         r["numpy_ms_per_query"] = 1000 * (time.perf_counter() - t) / n_queries
         rows_meta = [{"path": str(i)} for i in range(n)]
-        for kind in ("exact", "ivf", "ivf-pq", "hnsw"):
-            if kind == "hnsw" and n > 300_000:
-                continue  # graph construction alone takes hours on 2 cores at this size
+        for kind in kinds:
+            if kind == "hnsw" and n > 300_000 and len(kinds) > 1:
+                continue  # graph construction takes a quarter of an hour at 10^6 on 2 cores: run it alone (--kinds hnsw)
             t = time.perf_counter()
             idx = Index.build(g, rows_meta, "bench", kind=kind)
             build_s = time.perf_counter() - t
@@ -191,14 +192,19 @@ def main() -> None:
     s = sub.add_parser("search")
     s.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     s.add_argument("--dim", type=int, default=1152)
+    s.add_argument("--kinds", nargs="+", default=["exact", "ivf", "ivf-pq", "hnsw"])
     a = ap.parse_args()
     if a.cmd == "embed":
         md = embed_markdown(bench_embed(), "python benchmarks/deploy_speed.py embed")
         update_benchmarks_md(md, "## Embedding throughput")
     else:
         cmd = f"python benchmarks/deploy_speed.py search --sizes {' '.join(map(str, a.sizes))} --dim {a.dim}"
-        md = search_markdown(bench_search(a.sizes, a.dim), cmd)
-        update_benchmarks_md(md, f"## Gallery search")
+        title = "## Gallery search"
+        if a.kinds != ["exact", "ivf", "ivf-pq", "hnsw"]:
+            cmd += f" --kinds {' '.join(a.kinds)}"
+            title = f"## Gallery search, {' + '.join(a.kinds)} alone"
+        md = search_markdown(bench_search(a.sizes, a.dim, kinds=tuple(a.kinds)), cmd).replace("## Gallery search", title, 1)
+        update_benchmarks_md(md, title)
     print(md)
 
 
