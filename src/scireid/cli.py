@@ -6,8 +6,6 @@ import json
 import logging
 import sys
 
-import numpy as np
-
 from .errors import UserError
 
 log = logging.getLogger("scireid")
@@ -161,6 +159,8 @@ def cmd_index(a) -> int:
 
 def cmd_search(a) -> int:
     from pathlib import Path
+
+    import numpy as np
 
     from .deploy.backend import check_fingerprint, embed_arrays, open_backend
     from .deploy.embed import load_image

@@ -307,22 +307,23 @@ def validate_config(cfg: Config) -> Config:
     positive = ["stage1.epochs", "stage1.batch_size", "stage2.epochs", "stage2.batch_size", "data.num_instances",
                 "data.height", "data.width", "eval.batch_size", "eval.chunk", "model.n_ctx", "run.checkpoint_every",
                 "stage1.lr", "stage2.lr", "stage2.cal_lr", "stage1.temperature", "data.prcc_trials"]
+    def get(dotted: str) -> Any:
+        section, key = dotted.split(".")
+        return getattr(getattr(cfg, section), key)
+
     for dotted in positive:
-        s, k = dotted.split(".")
-        if not getattr(getattr(cfg, s), k) > 0:
-            raise ConfigError(f"{dotted}={getattr(getattr(cfg, s), k)}: expected a positive value")
+        if not get(dotted) > 0:
+            raise ConfigError(f"{dotted}={get(dotted)}: expected a positive value")
     non_negative = ["stage1.weight_decay", "stage2.weight_decay", "stage1.warmup_epochs", "stage2.warmup_epochs",
                     "data.workers", "data.padding", "stage2.id_weight", "stage2.triplet_weight", "stage2.i2t_weight",
                     "stage2.cal_weight", "stage1.lambda1", "stage1.lambda2", "run.checkpoint_steps",
                     "run.max_steps_per_epoch", "stage1.warmup_lr", "stage1.min_lr"]
     for dotted in non_negative:
-        s, k = dotted.split(".")
-        if getattr(getattr(cfg, s), k) < 0:
-            raise ConfigError(f"{dotted}={getattr(getattr(cfg, s), k)}: expected a value >= 0")
+        if get(dotted) < 0:
+            raise ConfigError(f"{dotted}={get(dotted)}: expected a value >= 0")
     for dotted in ("data.flip_prob", "data.erasing_prob", "stage2.label_smoothing", "stage2.cal_epsilon"):
-        s, k = dotted.split(".")
-        if not 0 <= getattr(getattr(cfg, s), k) < 1 + (k.endswith("prob")):
-            raise ConfigError(f"{dotted}={getattr(getattr(cfg, s), k)}: expected a value in [0, 1]")
+        if not 0 <= get(dotted) < 1 + dotted.endswith("prob"):
+            raise ConfigError(f"{dotted}={get(dotted)}: expected a value in [0, 1]")
     if not 0 < cfg.stage2.warmup_factor <= 1:
         raise ConfigError(f"stage2.warmup_factor={cfg.stage2.warmup_factor}: expected a value in (0, 1]")
     if cfg.stage2.batch_size % cfg.data.num_instances:

@@ -50,12 +50,12 @@ def _train_one(variant: str, seed: int, data_root: Path, runs: Path, overrides: 
     resume = (run / "config.yaml").exists()
     res = train(cfg, resume=resume)
     res["seconds"] = time.time() - t0
-    res["mechanism"] = measure_mechanism(run, data_root, variant)
+    res["mechanism"] = measure_mechanism(run)
     atomic_write_json(done, res)
     return res
 
 
-def measure_mechanism(run: Path, data_root: Path, variant: str) -> dict[str, Any]:
+def measure_mechanism(run: Path) -> dict[str, Any]:
     """Prompt decoding; SIM attention (SIM runs) and Grad-CAM shares on trait vs garment pixels."""
     from .analysis.common import load_run
     from .analysis.mechanism import measure_run

@@ -102,12 +102,18 @@ def part_fractions(mask: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray,
     return trait.ravel(), garment.ravel()
 
 
-def load_mask(root: Path, image_path: str, height: int, width: int) -> np.ndarray | None:
+def mask_path(root: Path, image_path: str) -> Path:
+    return Path(root) / "masks" / Path(image_path).name
+
+
+def with_masks(records, root: Path, limit: int) -> list:
+    """The first ``limit`` records whose part mask the generator wrote."""
+    return [r for r in records if mask_path(root, r.path).is_file()][:limit]
+
+
+def load_mask(root: Path, image_path: str, height: int, width: int) -> np.ndarray:
     from PIL import Image
-    p = Path(root) / "masks" / Path(image_path).name
-    if not p.is_file():
-        return None
-    return np.asarray(Image.open(p).resize((width, height), Image.NEAREST))
+    return np.asarray(Image.open(mask_path(root, image_path)).resize((width, height), Image.NEAREST))
 
 
 @torch.no_grad()
@@ -116,7 +122,7 @@ def sim_attention_mass(model, records, root: Path, transform, max_images: int = 
     from ..data.loading import read_image
     if model.sim is None:
         return None
-    recs = [r for r in records if (Path(root) / "masks" / Path(r.path).name).is_file()][:max_images]
+    recs = with_masks(records, root, max_images)
     if not recs:
         return None
     model.eval()
@@ -143,7 +149,7 @@ def sim_attention_mass(model, records, root: Path, transform, max_images: int = 
 def gradcam_mass(run, records, root: Path, max_images: int = 64) -> dict[str, Any] | None:
     """The same trait/garment shares for the Grad-CAM of a run's retrieval feature (pixel level)."""
     from .figures import gradcam_maps
-    recs = [r for r in records if (Path(root) / "masks" / Path(r.path).name).is_file()][:max_images]
+    recs = with_masks(records, root, max_images)
     if not recs:
         return None
     _, maps = gradcam_maps(run, [r.path for r in recs])

@@ -98,9 +98,8 @@ def prompt_interpretation(model: SCIModel, topk: int = 5, attributes: list[str] 
     clo_tokens = ({int(k): nearest(model.clothes_prompts.ctx[k]) for k in range(min(max_ids, model.spec.num_clothes))}
                   if model.clothes_prompts is not None else {})
     attributes = attributes or ATTRIBUTES
-    text = tok(attributes, context_length=model.text.positional_embedding.shape[0]).to(model.prototypes.device)
-    emb = model.token_embedding(text)
-    attr = torch.nn.functional.normalize(model.text(emb, text).float(), dim=1)
+    from .mechanism import encode_phrases
+    attr = encode_phrases(model, attributes)
     protos = torch.nn.functional.normalize(model.prototypes.float(), dim=1)
     sims = (protos[:max_ids] @ attr.T).cpu()
     return {"id_prompt_tokens": id_tokens, "clothes_prompt_tokens": clo_tokens, "attributes": attributes,

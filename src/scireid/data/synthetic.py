@@ -267,11 +267,12 @@ def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, o
             for cam in view_cams:
                 n_img = int(rng.integers(images_per_view[0], images_per_view[1] + 1))
                 for k in range(n_img):
-                    img, mask = render(person, catalogue[oid], cams[cam], rng, with_mask=True)
+                    img, mask = render(person, catalogue[oid], cams[cam], rng, with_mask=True) if not is_train else (
+                        render(person, catalogue[oid], cams[cam], rng), None)  # masks score test images only
                     split = "train" if is_train else ("query" if (cam == q_cam and k == 0) else "test")
                     name = f"{pid:03d}_{clothes_idx + 1}_c{cam + 1}_{frame:06d}.png"
                     img.save(out / split / name, compress_level=1)
-                    if split != "train":
+                    if mask is not None:
                         mask.save(out / "masks" / name, compress_level=1)
                     n_written[split] += 1
                     frame += 1

@@ -127,6 +127,8 @@ class Stage2Task:
                                  drop_last=True, pin_memory=ctx.device.type == "cuda",
                                  persistent_workers=False)
         self.pid2clothes = torch.as_tensor(ds.pid2clothes, device=ctx.device)
+        self.frozen_bn = ([m for m in model.visual.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+                          if self.c.freeze_backbone_bn else [])
         self.best: dict[str, Any] = {}
         self.last_eval: dict[str, Any] = {}
 
@@ -164,10 +166,8 @@ class Stage2Task:
         dev = self.ctx.device
         imgs, pids, clothes = imgs.to(dev, non_blocking=True), pids.to(dev), clothes.to(dev)
         self.net.train()
-        if self.c.freeze_backbone_bn:  # keep the pretrained running statistics (and use them) in the CLIP trunk
-            for mod in self.model.visual.modules():
-                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                    mod.eval()
+        for bn in self.frozen_bn:  # keep the pretrained running statistics (and use them) in the CLIP trunk
+            bn.eval()
         m, c = self.model, self.c
         with autocast(dev, self.cfg.run.amp):
             out = self.net(imgs)

@@ -8,6 +8,7 @@ mean-grey H x H canvas; the ReID model later reads the unpadded crop with CLIP-R
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -173,13 +174,8 @@ def export_weights(model: torch.nn.Module, path: Path, provenance: dict[str, Any
     from ..io_utils import atomic_write
     sd = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
           for k, v in model.state_dict().items()}
-    md = {"format": "open_clip", "arch": provenance["arch"], "provenance": json_dumps(provenance)}
+    md = {"format": "open_clip", "arch": provenance["arch"], "provenance": json.dumps(provenance, sort_keys=True)}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=md))
-
-
-def json_dumps(x: Any) -> str:
-    import json
-    return json.dumps(x, sort_keys=True)
 
 
 def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, command: str = "") -> dict[str, Any]:
@@ -197,7 +193,6 @@ def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, command
     with RunLock(out):
         saved = out / "pretrain.json"
         if resume and saved.exists():
-            import json
             old = json.loads(saved.read_text())
             now = dataclasses.asdict(cfg)
             diff = [k for k in old if old[k] != now.get(k) and k not in ("threads", "stop_after_steps")]
