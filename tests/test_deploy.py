@@ -133,15 +133,80 @@ def test_exact_index_ranks_like_eval_and_refuses_other_models(tmp_path):
         idx.add(g[:3], rows[:3], "model-b")
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivf-pq"])
-def test_approximate_kinds_report_recall(kind):
+def _clustered(n, dim=32, seed=0, n_ids=150):
+    """Identities as clusters with a decaying spectrum, like trained ReID features (see deploy_speed.py)."""
+    rng = np.random.default_rng(seed)
+    scale = (1 + np.arange(dim) / 4.0) ** -1.0
+    centres = rng.normal(size=(n_ids, dim)) * scale
+    ids = rng.integers(0, n_ids, n)
+    f = centres[ids] + 0.6 * rng.normal(size=(n, dim)) * scale
+    return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32), centres, scale
+
+
+@pytest.mark.parametrize("kind", ["pca-flat", "ivf", "hnsw"])
+def test_approximate_kinds_are_tuned_to_the_recall_target(kind, tmp_path):
+    g, centres, scale = _clustered(3000)
+    rows = [{"path": f"{i}", "pid": -1, "camid": -1} for i in range(len(g))]
+    idx = Index.build(g, rows, "m", kind=kind, recall=0.9)
+    knob = {"pca-flat": "k_factor", "ivf": "nprobe", "hnsw": "efSearch"}[kind]
+    assert idx.params["recall@10_vs_exact"] >= 0.9 and idx.params["target_recall"] == 0.9
+    # fresh queries (never indexed) reach the target too, against a float64 brute force
+    rng = np.random.default_rng(5)
+    q = centres[rng.integers(0, len(centres), 100)] + 0.6 * rng.normal(size=(100, 32)) * scale
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    sims = q.astype(np.float64) @ g.astype(np.float64).T
+    truth = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+    scores, ids = idx.search(q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]) >= 0.85
+    # ids are input rows (calibration rows are added last but keep their number) and scores are cosines
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, ids, 1), atol=1e-5)
+    assert idx.search(g[[7, 2999]], 1)[1][:, 0].tolist() == [7, 2999]
+    # the cheapest setting of the doubling ladder that met the target was kept
+    steps = idx.params["tuning"]
+    assert [v for v, _ in steps] == [steps[0][0] * 2 ** i for i in range(len(steps))]
+    assert all(r < 0.9 for _, r in steps[:-1]) and steps[-1] == [idx.params[knob], idx.params["recall@10_vs_exact"]]
+    if len(steps) > 1:  # and the setting below it is worse on the fresh queries as well
+        from scireid.deploy.index import set_knob
+        set_knob(idx.index, kind, steps[-2][0])
+        _, worse = idx.search(q, 10)
+        set_knob(idx.index, kind, steps[-1][0])
+        assert np.mean([len(set(a) & set(b)) for a, b in zip(worse, truth)]) <= np.mean(
+            [len(set(a) & set(b)) for a, b in zip(ids, truth)])
+    # and it survives save / load
+    idx.save(tmp_path / "idx")
+    back = Index.load(tmp_path / "idx")
+    assert back.params[knob] == idx.params[knob]
+    assert back.search(q, 10)[1].tolist() == ids.tolist()
+
+
+def test_pca_flat_fp16_store_halves_memory_and_keeps_recall(tmp_path):
+    import faiss
+    g, _, _ = _clustered(3000, dim=128)
+    rows = [{"path": f"{i}"} for i in range(len(g))]
+    full = Index.build(g, rows, "m", kind="pca-flat", recall=0.9)
+    half = Index.build(g, rows, "m", kind="pca-flat", recall=0.9, store="fp16", pca_dim=full.params["pca_dim"])
+    size = [faiss.serialize_index(x.index).nbytes for x in (full, half)]
+    assert abs((size[0] - size[1]) - 3000 * 128 * 2) < 1024  # 2 of the 4 bytes of every stored number
+    assert half.params["recall@10_vs_exact"] >= 0.9 and half.params["store"] == "fp16"
+    scores, ids = half.search(g[:20], 10)
+    np.testing.assert_allclose(scores, np.take_along_axis(g[:20] @ g.T, ids, 1), atol=2e-3)  # fp16 cosines
+    half.save(tmp_path / "i")
+    assert Index.load(tmp_path / "i").search(g[:20], 10)[1].tolist() == ids.tolist()
+    with pytest.raises(UserError, match="--store fp16 applies to --kind pca-flat"):
+        Index.build(g, rows, "m", kind="ivf", store="fp16")
+
+
+def test_unreachable_recall_is_reported_not_hidden(caplog):
     rng = np.random.default_rng(1)
-    g = rng.normal(size=(2000, 16)).astype(np.float32)
+    g = rng.normal(size=(3000, 64)).astype(np.float32)
     g /= np.linalg.norm(g, axis=1, keepdims=True)
-    rows = [{"path": f"{i}", "pid": -1, "camid": -1} for i in range(2000)]
-    idx = Index.build(g, rows, "m", kind=kind)
-    r = idx.params["recall@10_vs_exact"]
-    assert 0.0 <= r <= 1.0 and (r > 0.2 if kind == "ivf-pq" else r > 0.8)
+    rows = [{"path": f"{i}", "pid": -1, "camid": -1} for i in range(len(g))]
+    with caplog.at_level("WARNING"):
+        idx = Index.build(g, rows, "m", kind="ivf-pq", recall=0.99)
+    assert idx.params["nprobe"] == idx.params["nlist"] and idx.params["recall@10_vs_exact"] < 0.99
+    assert "below the target 0.99" in caplog.text
+    with pytest.raises(UserError, match="--recall 1.5"):
+        Index.build(g, rows, "m", kind="ivf", recall=1.5)
 
 
 def test_cli_index_search_html_and_fingerprint(full_run, gallery, data_root, tmp_path, capsys):
@@ -170,6 +235,14 @@ def test_cli_index_search_html_and_fingerprint(full_run, gallery, data_root, tmp
     capsys.readouterr()
     assert main(["search", str(tmp_path / "idx"), str(query), "--model", str(other)]) == 2
     assert "cannot be mixed" in capsys.readouterr().err
+    # an approximate kind through the CLI: tuned, its setting and recall printed, searchable
+    capsys.readouterr()
+    assert main(["index", "build", str(run), str(gallery), "--out", str(tmp_path / "pidx"), "--kind", "pca-flat",
+                 "--recall", "0.9", "--store", "fp16"]) == 0
+    line = capsys.readouterr().out
+    assert "pca-flat pca_dim=" in line and "k_factor=" in line and "store=fp16" in line and "recall@10 vs exact" in line
+    assert main(["search", str(tmp_path / "pidx"), str(query), "--topk", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["results"][0]["path"] == str(query)
 
 
 @pytest.mark.parametrize("arch", ["rn", "vit"])

@@ -146,13 +146,15 @@ def cmd_index(a) -> int:
                 raise UserError(f"{out} already holds an index; use 'scireid index add' or another folder")
             from .engine.rundir import check_out_dir
             check_out_dir(out, marker="index.json")
-            idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model))
+            idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model), recall=a.recall,
+                              **({"store": a.store} if a.store != "fp32" else {}))
         else:
             idx = Index.load(out)
             idx.add(feats, side["rows"], side["fingerprint"])
         idx.save(out)
     rec = idx.params.get("recall@10_vs_exact")
-    print(f"{out}: {len(idx)} vectors ({idx.kind}, {idx.dim}-d, model {idx.fingerprint})"
+    knobs = ", ".join(f"{k}={v}" for k, v in idx.params.items() if k not in ("recall@10_vs_exact", "target_recall", "tuning"))
+    print(f"{out}: {len(idx)} vectors ({idx.kind}{' ' + knobs if knobs else ''}, {idx.dim}-d, model {idx.fingerprint})"
           + (f"; recall@10 vs exact {rec:.3f}" if rec is not None else "") + f"; {len(s['skipped'])} images skipped")
     return 0
 
@@ -315,8 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("model", metavar="RUN")
     ib.add_argument("input", nargs="+", metavar="INPUT")
     ib.add_argument("--out", required=True, dest="index", metavar="INDEX")
-    ib.add_argument("--kind", default="exact", choices=["exact", "ivf", "ivf-pq", "hnsw"],
-                    help="exact (default), or approximate: ivf, ivf-pq, hnsw (recall vs exact is reported)")
+    ib.add_argument("--kind", default="exact", choices=["exact", "pca-flat", "ivf", "ivf-pq", "hnsw"],
+                    help="exact (default), or approximate: pca-flat, ivf, ivf-pq, hnsw (tuned to --recall)")
+    ib.add_argument("--recall", type=float, default=0.95,
+                    help="recall@10 vs exact that an approximate kind is tuned to reach (default 0.95)")
+    ib.add_argument("--store", default="fp32", choices=["fp32", "fp16"],
+                    help="pca-flat: keep the re-ranking vectors in fp16 (half the memory)")
     _deploy_args(ib)
     ib.set_defaults(fn=cmd_index)
     ia = ix.add_parser("add", help="embed INPUT with the index's model and append it")
