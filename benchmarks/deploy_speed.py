@@ -10,6 +10,7 @@ STRUCTURES below). Writes BENCHMARKS.md sections with the machine, command and d
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -87,25 +88,31 @@ def embed_markdown(rows: list[dict], cmd: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- search
-# Structure of trained ReID features, measured on the full demo's SCI model (seed 0) over its 1,828 test
-# and query images: the shares of variance between identities, between one identity's outfits and within
-# one outfit, the norm of the common mean, and the eigenvalue spectrum fitted as (1 + j/knee)^-alpha
-# (participation ratio 16.4 measured, 10.8 fitted; 95% of the variance in 36 measured, 39 fitted components).
-SHARES = {"between": 0.335, "outfit": 0.200, "within": 0.192}
-MEAN_NORM = 0.55
-STRUCTURES = {"measured": (6.5, 2.5),   # the fit above
-              "flatter": (20.0, 1.5),   # participation ratio 118: 7x the measured effective dimension
+# The structure of trained ReID features, measured by feature_structure.py on the full demo's SCI model
+# (seed 0) over its 1,828 test images: variance between identities, between one identity's outfits and
+# within one outfit, the common mean, and the eigenvalue spectrum (participation ratio 16.4; 95% of the
+# variance in 35 components).
+MEASURED = json.loads((ROOT / "benchmarks" / "feature_structure.json").read_text())
+SHARES = {k: MEASURED[k] for k in ("between", "outfit", "within")}
+MEAN_NORM = MEASURED["mean_norm"]
+STRUCTURES = {"measured": "feature_structure.json",  # the measured eigenvalues, the tail's power law beyond
+              "flatter": (20.0, 1.5),   # (1 + j/20)^-1.5: participation ratio 118, 7x the measured one
               "isotropic": None}        # every direction equal: the worst case for any index
 
 
 def spectrum(dim: int, structure: str) -> np.ndarray:
     shape = STRUCTURES[structure]
-    lam = np.ones(dim) if shape is None else (1 + np.arange(dim) / shape[0]) ** -shape[1]
+    if structure == "measured":
+        ev = np.asarray(MEASURED["spectrum"][:dim])
+        j = np.arange(len(ev), dim)
+        lam = np.concatenate([ev, ev[-1] * ((j + 1) / len(ev)) ** -MEASURED["tail_alpha"]])
+    else:
+        lam = np.ones(dim) if shape is None else (1 + np.arange(dim) / shape[0]) ** -shape[1]
     return lam / lam.sum()
 
 
 def gallery(n: int, dim: int, structure: str = "measured", n_queries: int = 256, seed: int = 0,
-            chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+            chunk: int = 100_000, labels: bool = False) -> tuple[np.ndarray, ...]:
     """(gallery, queries): 20 images per identity on average, each in one of 3 outfits; queries are new
     images of gallery identities in outfits they wear in the gallery (a new sighting, not a copy of a row).
     Components are drawn with the spectrum of ``structure`` and turned by one random rotation."""
@@ -113,20 +120,22 @@ def gallery(n: int, dim: int, structure: str = "measured", n_queries: int = 256,
     sd = {k: np.sqrt(v * spectrum(dim, structure)).astype(np.float32) for k, v in SHARES.items()}
     rot = np.linalg.qr(rng.normal(size=(dim, dim)))[0].astype(np.float32)
     mean = np.zeros(dim, np.float32)
-    mean[0] = MEAN_NORM
+    mean[-1] = MEAN_NORM  # off the high-variance axes: unit vectors vary across their mean direction, not along it
     n_ids = max(10, n // 20)
     centres = rng.normal(size=(n_ids, dim)).astype(np.float32) * sd["between"]
     outfits = rng.normal(size=(n_ids, 3, dim)).astype(np.float32) * sd["outfit"]
 
-    def draw(m: int) -> np.ndarray:
-        ids = rng.integers(0, n_ids, m)
-        f = mean + centres[ids] + outfits[ids, rng.integers(0, 3, m)] + rng.normal(size=(m, dim)).astype(np.float32) * sd["within"]
+    pids, worn = np.empty(n, np.int64), np.empty(n, np.int64)
+
+    def draw(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, outfit = rng.integers(0, n_ids, m), rng.integers(0, 3, m)
+        f = mean + centres[ids] + outfits[ids, outfit] + rng.normal(size=(m, dim)).astype(np.float32) * sd["within"]
         f = f @ rot
-        return f / np.linalg.norm(f, axis=1, keepdims=True)
+        return f / np.linalg.norm(f, axis=1, keepdims=True), ids, outfit
     g = np.empty((n, dim), np.float32)
     for s in range(0, n, chunk):
-        g[s:min(n, s + chunk)] = draw(min(n, s + chunk) - s)
-    return g, draw(n_queries)
+        g[s:min(n, s + chunk)], pids[s:min(n, s + chunk)], worn[s:min(n, s + chunk)] = draw(min(n, s + chunk) - s)
+    return (g, draw(n_queries)[0]) + ((pids, worn) if labels else ())
 
 
 def index_bytes(index) -> int:
@@ -193,15 +202,18 @@ def search_markdown(rows: list[dict], cmd: str, target: float) -> str:
     import faiss
     L = [f"## Gallery search ({date.today().isoformat()})", "",
          f"Machine: {machine()}; faiss {faiss.__version__}, numpy {np.__version__}. Command: `{cmd}`.", "",
-         "Features: synthetic, L2-normalised, with the structure of trained ReID features measured on the full "
-         "demo's SCI model (identity / outfit / within-outfit variance shares 0.335 / 0.200 / 0.192, a common mean, "
-         "eigenvalues (1 + j/6.5)^-2.5: `measured`), and two harder spectra: `flatter` ((1 + j/20)^-1.5, 7x the "
-         "effective dimension) and `isotropic` (all directions equal). 20 images per identity on average; 256 "
+         "Features: synthetic, L2-normalised, with the structure of trained ReID features that "
+         "`benchmarks/feature_structure.py` measured on the full demo's SCI model (`feature_structure.json`: "
+         "identity / outfit / within-outfit variance %.3f / %.3f / %.3f, a common mean of norm %.2f, and the "
+         "measured eigenvalue spectrum, participation ratio %.1f: `measured`), and two harder spectra: `flatter` "
+         "((1 + j/20)^-1.5, participation ratio 118) and `isotropic` (all directions equal). 20 images per identity "
+         "on average, in 3 outfits; 256 "
          "queries are new images of gallery identities, searched as one batch; time per query = batch time / 256 "
          "(after a warm-up). Each approximate kind is built with `Index.build(recall=%.2f)`, which tunes its knob on "
          "200 held-out gallery rows (build s includes the tuning); the knob's double is shown too. recall@10 is "
          "measured on the benchmark's queries against the exact top-10 of the numpy baseline (matmul + "
-         "argpartition over the gallery in chunks)." % target, "",
+         "argpartition over the gallery in chunks)." % (SHARES["between"], SHARES["outfit"], SHARES["within"], MEAN_NORM,
+                                                        MEASURED["participation_ratio"], target), "",
          "| structure | gallery | dim | numpy ms/query | kind | settings | build s | ms/query | recall@10 | index MB |",
          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -1,0 +1,43 @@
+"""The search benchmark's synthetic galleries have the structure they claim (measured on a trained model)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.mark.parametrize("structure", ["measured", "flatter"])
+def test_gallery_reproduces_the_measured_feature_structure(structure):
+    from deploy_speed import MEAN_NORM, SHARES, gallery, spectrum
+    from feature_structure import dims_95, participation_ratio
+    from feature_structure import structure as measure
+    g, q, pids, outfit = gallery(20000, 256, structure, n_queries=8, labels=True)
+    np.testing.assert_allclose(np.linalg.norm(g, axis=1), 1.0, atol=1e-5)
+    assert q.shape == (8, 256)
+    s = measure(g, pids, outfit)
+    # the variance components and the mean are recovered (the L2 normalisation moves them a little)
+    for part in ("between", "outfit", "within"):
+        assert s[part] == pytest.approx(SHARES[part], rel=0.1), part
+    assert s["mean_norm"] == pytest.approx(MEAN_NORM, rel=0.1)
+    # and so is the effective dimension of the spectrum asked for
+    lam = spectrum(256, structure)
+    assert s["participation_ratio"] == pytest.approx(participation_ratio(lam), rel=0.15)
+    assert s["dims_95"] == pytest.approx(dims_95(lam), rel=0.15)
+
+
+def test_variance_components_are_unbiased_for_small_groups():
+    """Few images per outfit: the raw spread of group means would overstate the upper levels."""
+    from feature_structure import structure as measure
+    rng = np.random.default_rng(0)
+    dim, n_ids = 16, 400
+    c = rng.normal(size=(n_ids, dim)) * np.sqrt(0.3 / dim)
+    o = rng.normal(size=(n_ids, 4, dim)) * np.sqrt(0.2 / dim)
+    pids = np.repeat(np.arange(n_ids), 6)
+    outfit = rng.integers(0, 2, len(pids)) + 2 * (np.arange(len(pids)) % 2)  # 2-4 outfits each, 1-3 images each
+    f = c[pids] + o[pids, outfit] + rng.normal(size=(len(pids), dim)) * np.sqrt(0.25 / dim)
+    s = measure(f, pids, outfit)
+    assert s["between"] == pytest.approx(0.3, rel=0.1)
+    assert s["outfit"] == pytest.approx(0.2, rel=0.1)
+    assert s["within"] == pytest.approx(0.25, rel=0.1)
