@@ -221,6 +221,13 @@ def search_markdown(rows: list[dict], cmd: str, target: float) -> str:
             L.append(f"| {r['structure']} | {r['n']:,} | {r['dim']} | {r['numpy_ms_per_query']:.2f} | {x['kind']} | "
                      f"{', '.join(f'{k}={v}' for k, v in x['params'].items())} | {x['build_s']:.1f} | "
                      f"{x['ms_per_query']:.3f} | {x['recall@10']:.3f} | {x['index_mb']:.0f} |")
+    met = [(r, x) for r in rows for x in r["kinds"] if r["n"] >= 1_000_000 and x["kind"] != "exact"
+           and x["ms_per_query"] < 10 and x["recall@10"] >= 0.95]
+    if any(r["n"] >= 1_000_000 for r in rows):
+        L += ["", "Target (10^6 gallery, top-10 under 10 ms/query at recall@10 >= 0.95): " + (
+            "; ".join(f"met by {x['kind']} ({', '.join(f'{k}={v}' for k, v in x['params'].items())}) on {r['structure']} "
+                      f"{r['dim']}-d at {x['ms_per_query']:.1f} ms, recall {x['recall@10']:.3f}" for r, x in met)
+            if met else "not met by any approximate kind here") + "."]
     sizes = sorted({(r["n"], r["dim"], r["gallery_mb"]) for r in rows})
     L += ["", "Raw gallery sizes: " + ", ".join(f"{n:,} x {d} = {mb:.0f} MB" for n, d, mb in sizes) +
           f"; peak RSS of the process {max(r['peak_rss_mb'] for r in rows):.0f} MB."]

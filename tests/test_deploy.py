@@ -196,6 +196,17 @@ def test_pca_flat_fp16_store_halves_memory_and_keeps_recall(tmp_path):
         Index.build(g, rows, "m", kind="ivf", store="fp16")
 
 
+@pytest.mark.parametrize("kind", ["pca-flat", "hnsw", "ivf"])
+def test_rows_added_later_are_found_under_their_numbers(kind, tmp_path):
+    g, _, _ = _clustered(1200)
+    idx = Index.build(g[:1000], [{"path": str(i)} for i in range(1000)], "m", kind=kind, recall=0.9)
+    idx.save(tmp_path / "i")
+    idx = Index.load(tmp_path / "i")
+    idx.add(g[1000:], [{"path": str(i)} for i in range(1000, 1200)], "m")
+    _, ids = idx.search(g[[3, 1000, 1199]], 1)
+    assert ids[:, 0].tolist() == [3, 1000, 1199] and [idx.rows[i]["path"] for i in ids[:, 0]] == ["3", "1000", "1199"]
+
+
 def test_unreachable_recall_is_reported_not_hidden(caplog):
     rng = np.random.default_rng(1)
     g = rng.normal(size=(3000, 64)).astype(np.float32)

@@ -129,7 +129,7 @@ def _embed_for_index(a, out_feats):
     from .deploy.embed import embed, load_features
     from .deploy.inputs import read_inputs
     s = embed(a.model, read_inputs(a.input, a.frames), out_feats, batch=a.batch, workers=a.workers, device=a.device)
-    feats, side = load_features(out_feats, mmap=False)
+    feats, side = load_features(out_feats)  # memory-mapped: the index holds the only copy in RAM
     return feats, side, s
 
 
