@@ -205,7 +205,8 @@ def search_markdown(rows: list[dict], cmd: str, target: float) -> str:
          "Features: synthetic, L2-normalised, with the structure of trained ReID features that "
          "`benchmarks/feature_structure.py` measured on the full demo's SCI model (`feature_structure.json`: "
          "identity / outfit / within-outfit variance %.3f / %.3f / %.3f, a common mean of norm %.2f, and the "
-         "measured eigenvalue spectrum, participation ratio %.1f: `measured`), and two harder spectra: `flatter` "
+         "measured eigenvalue spectrum, participation ratio %.1f, its top 400 eigenvalues continued by the tail's "
+         "power law (exponent %.2f) beyond: `measured`), and two harder spectra: `flatter` "
          "((1 + j/20)^-1.5, participation ratio 118) and `isotropic` (all directions equal). 20 images per identity "
          "on average, in 3 outfits; 256 "
          "queries are new images of gallery identities, searched as one batch; time per query = batch time / 256 "
@@ -213,7 +214,7 @@ def search_markdown(rows: list[dict], cmd: str, target: float) -> str:
          "200 held-out gallery rows (build s includes the tuning); the knob's double is shown too. recall@10 is "
          "measured on the benchmark's queries against the exact top-10 of the numpy baseline (matmul + "
          "argpartition over the gallery in chunks)." % (SHARES["between"], SHARES["outfit"], SHARES["within"], MEAN_NORM,
-                                                        MEASURED["participation_ratio"], target), "",
+                                                        MEASURED["participation_ratio"], MEASURED["tail_alpha"], target), "",
          "| structure | gallery | dim | numpy ms/query | kind | settings | build s | ms/query | recall@10 | index MB |",
          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
