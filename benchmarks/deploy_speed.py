@@ -149,19 +149,32 @@ def index_bytes(index) -> int:
     return total[0]
 
 
+def real_features(path: str, n_queries: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(gallery, queries) from a ``scireid embed`` output: a seeded sample of rows held out as queries."""
+    from scireid.deploy.embed import load_features
+    f = np.asarray(load_features(path)[0], np.float32)
+    held = np.zeros(len(f), bool)
+    held[np.random.default_rng(0).choice(len(f), n_queries, replace=False)] = True
+    return f[~held], f[held]
+
+
 def bench_search(sizes: list[int], dim: int, structures: list[str], kinds: list[str], k: int = 10,
-                 target: float = 0.95, store: str = "fp32") -> list[dict]:
+                 target: float = 0.95, store: str = "fp32", features: str | None = None) -> list[dict]:
     """Each approximate kind is built with ``Index.build(recall=target)``, which tunes its knob on held-out
-    gallery rows; its recall here is measured on the benchmark's own queries against the numpy baseline."""
+    gallery rows; its recall here is measured on the benchmark's own queries against the numpy baseline.
+    With ``features`` (a ``scireid embed`` output) the gallery is those features instead of synthetic ones."""
     import faiss
 
     from scireid.deploy.index import KNOB, Index, exact_topk, set_knob
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     rows = []
+    if features:
+        structures, sizes = [Path(features).name], [0]
     for structure in structures:
         for n in sizes:
             t = time.perf_counter()
-            g, q = gallery(n, dim, structure)
+            g, q = real_features(features) if features else gallery(n, dim, structure)
+            n, dim = g.shape
             r = {"n": n, "dim": dim, "structure": structure, "gallery_mb": g.nbytes / 2 ** 20,
                  "gen_s": time.perf_counter() - t, "kinds": []}
             t = time.perf_counter()
@@ -198,23 +211,25 @@ def bench_search(sizes: list[int], dim: int, structures: list[str], kinds: list[
     return rows
 
 
-def search_markdown(rows: list[dict], cmd: str, target: float) -> str:
+def search_markdown(rows: list[dict], cmd: str, target: float, features: str | None = None) -> str:
     import faiss
     L = [f"## Gallery search ({date.today().isoformat()})", "",
          f"Machine: {machine()}; faiss {faiss.__version__}, numpy {np.__version__}. Command: `{cmd}`.", "",
-         "Features: synthetic, L2-normalised, with the structure of trained ReID features that "
-         "`benchmarks/feature_structure.py` measured on the full demo's SCI model (`feature_structure.json`: "
-         "identity / outfit / within-outfit variance %.3f / %.3f / %.3f, a common mean of norm %.2f, and the "
-         "measured eigenvalue spectrum, participation ratio %.1f, its top 400 eigenvalues continued by the tail's "
-         "power law (exponent %.2f) beyond: `measured`), and two harder spectra: `flatter` "
-         "((1 + j/20)^-1.5, participation ratio 118) and `isotropic` (all directions equal). 20 images per identity "
-         "on average, in 3 outfits; 256 "
-         "queries are new images of gallery identities, searched as one batch; time per query = batch time / 256 "
-         "(after a warm-up). Each approximate kind is built with `Index.build(recall=%.2f)`, which tunes its knob on "
-         "200 held-out gallery rows (build s includes the tuning); the knob's double is shown too. recall@10 is "
-         "measured on the benchmark's queries against the exact top-10 of the numpy baseline (matmul + "
-         "argpartition over the gallery in chunks)." % (SHARES["between"], SHARES["outfit"], SHARES["within"], MEAN_NORM,
-                                                        MEASURED["participation_ratio"], MEASURED["tail_alpha"], target), "",
+         (f"Features: written by `scireid embed` (`{features}`); 256 seeded rows are held out as queries and the "
+          "rest is the gallery; the queries are" if features else
+          "Features: synthetic, L2-normalised, with the structure of trained ReID features that "
+          "`benchmarks/feature_structure.py` measured on the full demo's SCI model (`feature_structure.json`: "
+          "identity / outfit / within-outfit variance %.3f / %.3f / %.3f, a common mean of norm %.2f, and the "
+          "measured eigenvalue spectrum, participation ratio %.1f, its top 400 eigenvalues continued by the tail's "
+          "power law (exponent %.2f) beyond: `measured`), and two harder spectra: `flatter` ((1 + j/20)^-1.5, "
+          "participation ratio 118) and `isotropic` (all directions equal). 20 images per identity on average, in 3 "
+          "outfits; 256 queries are new images of gallery identities," % (
+              SHARES["between"], SHARES["outfit"], SHARES["within"], MEAN_NORM, MEASURED["participation_ratio"],
+              MEASURED["tail_alpha"])) +
+         " searched as one batch; time per query = batch time / 256 (after a warm-up). Each approximate kind is "
+         "built with `Index.build(recall=%.2f)`, which tunes its knob on 200 held-out gallery rows (build s includes "
+         "the tuning); the knob's double is shown too. recall@10 is measured on the benchmark's queries against the "
+         "exact top-10 of the numpy baseline (matmul + argpartition over the gallery in chunks)." % target, "",
          "| structure | gallery | dim | numpy ms/query | kind | settings | build s | ms/query | recall@10 | index MB |",
          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -248,17 +263,21 @@ def main() -> None:
     s.add_argument("--recall", type=float, default=0.95)
     s.add_argument("--store", default="fp32", choices=["fp32", "fp16"], help="pca-flat's re-ranking vectors")
     s.add_argument("--title", default="Gallery search", help="BENCHMARKS.md section to write")
+    s.add_argument("--features", metavar="FEATS.npy",
+                   help="search features written by scireid embed (256 rows held out as queries) instead of synthetic ones")
     a = ap.parse_args()
     if a.cmd == "embed":
         md = embed_markdown(bench_embed(), "python benchmarks/deploy_speed.py embed")
         update_benchmarks_md(md, "## Embedding throughput")
     else:
-        cmd = (f"python benchmarks/deploy_speed.py search --sizes {' '.join(map(str, a.sizes))} --dim {a.dim} "
-               f"--structures {' '.join(a.structures)} --kinds {' '.join(a.kinds)} --recall {a.recall}"
+        data = (f"--features {a.features}" if a.features else
+                f"--sizes {' '.join(map(str, a.sizes))} --dim {a.dim} --structures {' '.join(a.structures)}")
+        cmd = (f"python benchmarks/deploy_speed.py search {data} --kinds {' '.join(a.kinds)} --recall {a.recall}"
                + (f" --store {a.store}" if a.store != "fp32" else "")
                + (f" --title '{a.title}'" if a.title != "Gallery search" else ""))
         title = f"## {a.title}"
-        md = search_markdown(bench_search(a.sizes, a.dim, a.structures, a.kinds, target=a.recall, store=a.store), cmd, a.recall)
+        md = search_markdown(bench_search(a.sizes, a.dim, a.structures, a.kinds, target=a.recall, store=a.store,
+                                          features=a.features), cmd, a.recall, a.features)
         md = md.replace("## Gallery search", title, 1)
         update_benchmarks_md(md, title)
     print(md)

@@ -41,3 +41,16 @@ def test_variance_components_are_unbiased_for_small_groups():
     assert s["between"] == pytest.approx(0.3, rel=0.1)
     assert s["outfit"] == pytest.approx(0.2, rel=0.1)
     assert s["within"] == pytest.approx(0.25, rel=0.1)
+
+
+def test_search_benchmark_on_embedded_features_holds_out_queries(tmp_path):
+    import json
+
+    from deploy_speed import real_features
+    f = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    np.save(tmp_path / "feats.npy", f)
+    (tmp_path / "feats.json").write_text(json.dumps({"rows": []}))
+    g, q = real_features(str(tmp_path / "feats.npy"), n_queries=40)
+    assert g.shape == (260, 8) and q.shape == (40, 8)
+    rows = {r.tobytes() for r in f}
+    assert {r.tobytes() for r in g} | {r.tobytes() for r in q} == rows and not {r.tobytes() for r in g} & {r.tobytes() for r in q}
