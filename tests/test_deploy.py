@@ -218,6 +218,11 @@ def test_unreachable_recall_is_reported_not_hidden(caplog):
     assert "below the target 0.99" in caplog.text
     with pytest.raises(UserError, match="--recall 1.5"):
         Index.build(g, rows, "m", kind="ivf", recall=1.5)
+    with pytest.raises(UserError, match="at least 2 are needed"):
+        Index.build(g[:1], rows[:1], "m", kind="ivf-pq")
+    for kind in ("pca-flat", "ivf", "hnsw", "ivf-pq"):  # tiny galleries still build and rank exactly
+        small = Index.build(g[:3], rows[:3], "m", kind=kind)
+        assert small.search(g[:3], 3)[1][:, 0].tolist() == [0, 1, 2]
 
 
 def test_cli_index_search_html_and_fingerprint(full_run, gallery, data_root, tmp_path, capsys):

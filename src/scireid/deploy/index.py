@@ -154,6 +154,9 @@ class Index:
             raise UserError(f"--recall {recall}: expected a number in (0, 1]")
         if kind not in KINDS:
             raise UserError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+        if kind == "ivf-pq" and len(feats) < 2:
+            raise UserError(f"--kind ivf-pq: {len(feats)} gallery row(s), at least 2 are needed to train its codebooks; "
+                            "use --kind exact")
         dim = feats.shape[1]
         cal = Calibration(feats) if kind != "exact" and len(feats) > 1 else None
         order = np.arange(len(feats)) if cal is None else cal.order
