@@ -95,19 +95,20 @@ def embed_markdown(rows: list[dict], cmd: str) -> str:
 MEASURED = json.loads((ROOT / "benchmarks" / "feature_structure.json").read_text())
 SHARES = {k: MEASURED[k] for k in ("between", "outfit", "within")}
 MEAN_NORM = MEASURED["mean_norm"]
-STRUCTURES = {"measured": "feature_structure.json",  # the measured eigenvalues, the tail's power law beyond
-              "flatter": (20.0, 1.5),   # (1 + j/20)^-1.5: participation ratio 118, 7x the measured one
-              "isotropic": None}        # every direction equal: the worst case for any index
+STRUCTURES = ("measured",   # the measured eigenvalues, continued by the tail's power law
+              "flatter",    # (1 + j/20)^-1.5: participation ratio 118, 7x the measured one
+              "isotropic")  # every direction equal: the worst case for any index
 
 
 def spectrum(dim: int, structure: str) -> np.ndarray:
-    shape = STRUCTURES[structure]
     if structure == "measured":
         ev = np.asarray(MEASURED["spectrum"][:dim])
         j = np.arange(len(ev), dim)
         lam = np.concatenate([ev, ev[-1] * ((j + 1) / len(ev)) ** -MEASURED["tail_alpha"]])
+    elif structure == "flatter":
+        lam = (1 + np.arange(dim) / 20.0) ** -1.5
     else:
-        lam = np.ones(dim) if shape is None else (1 + np.arange(dim) / shape[0]) ** -shape[1]
+        lam = np.ones(dim)
     return lam / lam.sum()
 
 
@@ -134,7 +135,8 @@ def gallery(n: int, dim: int, structure: str = "measured", n_queries: int = 256,
         return f / np.linalg.norm(f, axis=1, keepdims=True), ids, outfit
     g = np.empty((n, dim), np.float32)
     for s in range(0, n, chunk):
-        g[s:min(n, s + chunk)], pids[s:min(n, s + chunk)], worn[s:min(n, s + chunk)] = draw(min(n, s + chunk) - s)
+        e = min(n, s + chunk)
+        g[s:e], pids[s:e], worn[s:e] = draw(e - s)
     return (g, draw(n_queries)[0]) + ((pids, worn) if labels else ())
 
 
@@ -186,6 +188,7 @@ def bench_search(sizes: list[int], dim: int, structures: list[str], kinds: list[
                 idx = Index.build(g, meta, "bench", kind=kind, recall=target,
                                   **({"store": store} if kind == "pca-flat" else {}))
                 build_s = time.perf_counter() - t
+                index_mb = index_bytes(idx.index) / 2 ** 20
                 settings = [idx.params.get(KNOB.get(kind))]
                 if kind in KNOB and 2 * settings[0] <= idx.params.get("nlist", 2 * settings[0]):
                     settings.append(2 * settings[0])  # the trade-off one step further
@@ -197,12 +200,12 @@ def bench_search(sizes: list[int], dim: int, structures: list[str], kinds: list[
                     _, ids = idx.search(q, k)
                     ms = 1000 * (time.perf_counter() - t) / len(q)
                     recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids.tolist(), ref.tolist())]))
-                    params = {p: v for p, v in idx.params.items() if p not in ("recall@10_vs_exact", "target_recall", "tuning")}
+                    params = idx.settings
                     if value is not None:
                         params[KNOB[kind]] = value
                     r["kinds"].append({"kind": kind, "params": params, "build_s": build_s, "ms_per_query": ms,
                                        "recall@10": recall, "tuned_recall": idx.params.get("recall@10_vs_exact"),
-                                       "index_mb": index_bytes(idx.index) / 2 ** 20})
+                                       "index_mb": index_mb})
                     print(structure, n, r["kinds"][-1], file=sys.stderr, flush=True)
                 del idx
             r["peak_rss_mb"] = rss_mb()

@@ -137,8 +137,10 @@ def cmd_index(a) -> int:
     import tempfile
     from pathlib import Path
 
-    from .deploy.index import Index
+    from .deploy.index import Index, check_build_options
     out = Path(a.index)
+    if a.icmd == "build":
+        check_build_options(a.kind, a.recall, a.store)
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         feats, side, s = _embed_for_index(a, Path(tmp) / "feats.npy")
         if a.icmd == "build":
@@ -147,13 +149,13 @@ def cmd_index(a) -> int:
             from .engine.rundir import check_out_dir
             check_out_dir(out, marker="index.json")
             idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model), recall=a.recall,
-                              **({"store": a.store} if a.store != "fp32" else {}))
+                              store=a.store)
         else:
             idx = Index.load(out)
             idx.add(feats, side["rows"], side["fingerprint"])
         idx.save(out)
     rec = idx.params.get("recall@10_vs_exact")
-    knobs = ", ".join(f"{k}={v}" for k, v in idx.params.items() if k not in ("recall@10_vs_exact", "target_recall", "tuning"))
+    knobs = ", ".join(f"{k}={v}" for k, v in idx.settings.items())
     print(f"{out}: {len(idx)} vectors ({idx.kind}{' ' + knobs if knobs else ''}, {idx.dim}-d, model {idx.fingerprint})"
           + (f"; recall@10 vs exact {rec:.3f}" if rec is not None else "") + f"; {len(s['skipped'])} images skipped")
     return 0

@@ -53,13 +53,22 @@ def _pq_m(dim: int) -> int:
     return 1
 
 
-def make_faiss_index(kind: str, dim: int, n_train: int, nlist: int = 0, m: int = 0, hnsw_m: int = 32,
-                     pca_dim: int = 0, store: str = "fp32"):
-    faiss = _faiss()
+def check_build_options(kind: str, recall: float = 0.95, store: str = "fp32") -> None:
+    """Before any work: ``index build`` embeds the whole input first."""
+    if kind not in KINDS:
+        raise UserError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if not 0.0 < recall <= 1.0:
+        raise UserError(f"--recall {recall}: expected a number in (0, 1]")
     if store not in ("fp32", "fp16"):
         raise UserError(f"--store {store!r}: expected fp32 or fp16")
     if store == "fp16" and kind != "pca-flat":
         raise UserError(f"--store fp16 applies to --kind pca-flat (its re-ranking vectors), not {kind}")
+
+
+def make_faiss_index(kind: str, dim: int, n_train: int, nlist: int = 0, m: int = 0, hnsw_m: int = 32,
+                     pca_dim: int = 0, store: str = "fp32"):
+    faiss = _faiss()
+    check_build_options(kind, store=store)
     if kind == "exact":
         return faiss.IndexFlatIP(dim), {}
     if kind == "pca-flat":
@@ -95,7 +104,6 @@ def make_faiss_index(kind: str, dim: int, n_train: int, nlist: int = 0, m: int =
         quant.this.disown()
         idx.own_fields = True
         return idx, params | {"nprobe": 1}
-    raise UserError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
 
 
 def _with_ids(index):
@@ -143,6 +151,11 @@ class Index:
     def __len__(self) -> int:
         return self.index.ntotal
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The index's parameters without the tuning measurements."""
+        return {k: v for k, v in self.params.items() if k not in ("recall@10_vs_exact", "target_recall", "tuning")}
+
     @classmethod
     def build(cls, feats: np.ndarray, rows: list[dict], fingerprint: str, kind: str = "exact", model: str = "",
               recall: float = 0.95, **kw) -> "Index":
@@ -150,10 +163,7 @@ class Index:
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         if len(feats) != len(rows):
             raise UserError(f"{len(feats)} feature rows but {len(rows)} metadata rows")
-        if not 0.0 < recall <= 1.0:
-            raise UserError(f"--recall {recall}: expected a number in (0, 1]")
-        if kind not in KINDS:
-            raise UserError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+        check_build_options(kind, recall, kw.get("store", "fp32"))
         if kind == "ivf-pq" and len(feats) < 2:
             raise UserError(f"--kind ivf-pq: {len(feats)} gallery row(s), at least 2 are needed to train its codebooks; "
                             "use --kind exact")
