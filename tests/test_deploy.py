@@ -225,6 +225,19 @@ def test_unreachable_recall_is_reported_not_hidden(caplog):
         assert small.search(g[:3], 3)[1][:, 0].tolist() == [0, 1, 2]
 
 
+def test_cli_index_options_are_refused_before_anything_is_embedded(full_run, gallery, tmp_path, capsys, monkeypatch):
+    import scireid.deploy.embed as embed_mod
+    monkeypatch.setattr(embed_mod, "embed", lambda *a, **k: pytest.fail("embedded before checking the options"))
+    run, _ = full_run
+    for extra, message in ((["--kind", "ivf", "--store", "fp16"], "--store fp16 applies to --kind pca-flat"),
+                           (["--kind", "hnsw", "--recall", "0"], "--recall 0.0: expected a number in (0, 1]")):
+        capsys.readouterr()
+        assert main(["index", "build", str(run), str(gallery), "--out", str(tmp_path / "idx"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "idx").exists()
+
+
 def test_cli_index_search_html_and_fingerprint(full_run, gallery, data_root, tmp_path, capsys):
     run, _ = full_run
     assert main(["index", "build", str(run), str(gallery), "--out", str(tmp_path / "idx")]) == 0
