@@ -26,11 +26,16 @@ def test_reduced_full_demo_report(tmp_path):
                 assert all(math.isfinite(x) for x in t[setting][m]["values"])
                 assert math.isfinite(t[setting][m]["std"])
     assert {d["variant"] for d in rep["differences_vs_baseline"]} == {"sse", "sim", "full"}
-    assert all("spread" in d["verdict"] for d in rep["differences_vs_baseline"])
+    assert all("spread of the paired differences" in d["verdict"] for d in rep["differences_vs_baseline"])
+    for d in rep["differences_vs_baseline"]:  # paired by seed: the per-seed differences of the two tables
+        v, b = rep["table"][d["variant"]][d["setting"]][d["metric"]], rep["table"]["baseline"][d["setting"]][d["metric"]]
+        assert d["per_seed"] == [x - y for x, y in zip(v["values"], b["values"])]
+    assert set(rep["val_table"]) == {"zero-shot", "baseline", "sse", "sim", "full"}  # the synthetic set has val/
     md = (out / "report.md").read_text()
     for row in ("Baseline (CLIP-ReID)", "+ SSE", "+ SIM", "SCI (SSE + SIM + CAL)", "cloth-changing R-1", "curves.png"):
         assert row in md
-    assert "SCI" in md and ("does not beat" in md or "beats the baseline" in md or "does **not** exceed" in md)
+    assert "SCI" in md and ("does not beat" in md or "beats the baseline" in md or "no claim can be made" in md)
+    assert "paired by seed" in md and "Validation split" in md and "Does ReID training beat the prior?" in md
     w, h = Image.open(out / "curves.png").size
     assert w > 600 and h > 200
     checks = rep["component_checks"]["full-seed3"]
@@ -39,6 +44,9 @@ def test_reduced_full_demo_report(tmp_path):
                 "uniform_trait", "gradcam_trait"):
         assert key in checks, key
     assert "gradcam_trait" in rep["component_checks"]["baseline-seed3"]
+    for key in ("feat_sim_share", "feat_g_share", "feat_clothes_nn_within", "within_acc_last"):
+        assert key in checks, key
+    assert 0 <= checks["feat_g_share"] <= 1 and rep["zero_shot_features"]["sim_share"] == 0
     assert 0 <= checks["sim_attn_trait"] <= 1 and 0 <= checks["sim_attn_trait"] + checks["sim_attn_garment"] <= 1 + 1e-6
     for text in ("CLIP zero-shot", "Prompt decoding", "SIM attn on traits", "ln(batch)"):
         assert text in md
@@ -47,3 +55,22 @@ def test_reduced_full_demo_report(tmp_path):
     assert main(args) == 0
     again = json.loads((out / "report.json").read_text())
     assert again["timings_s"] == first_timings and again["total_s"] < rep["total_s"]
+
+
+def test_paired_differences_by_hand():
+    from scireid.demo import paired_differences
+
+    def res(cc):
+        return {"last": {"general": {"R-1": 0.0, "mAP": 0.0}, "cloth-changing": {"R-1": cc, "mAP": cc}}}
+    results = {"baseline": {0: res(10.0), 1: res(20.0), 2: res(30.0)},
+               "full": {0: res(12.0), 1: res(23.0), 2: res(31.0)},   # +2, +3, +1: mean 2, std 1
+               "sse": {0: res(15.0), 1: res(14.0), 2: res(33.0)}}    # +5, -6, +3: mixed signs
+    rows = {(d["variant"], d["setting"], d["metric"]): d for d in paired_differences(results, [0, 1, 2])}
+    full = rows[("full", "cloth-changing", "R-1")]
+    assert full["per_seed"] == [2.0, 3.0, 1.0] and full["diff"] == 2.0 and full["std"] == 1.0
+    assert full["verdict"].startswith("beyond")
+    sse = rows[("sse", "cloth-changing", "R-1")]
+    assert sse["diff"] == 2 / 3 and sse["verdict"].startswith("within")
+    # the unpaired seed spread (10 points for each table) would call +2 noise; pairing removes the shared part
+    single = paired_differences({"baseline": {0: res(10.0)}, "full": {0: res(12.0)}}, [0])
+    assert single[0]["verdict"].startswith("single seed")

@@ -184,3 +184,64 @@ def test_sim_update_eq17():
     p, z, protos = torch.randn(2, 6), torch.randn(2, 8, 3, 2), torch.randn(4, 6)
     torch.testing.assert_close(sim.update(p, z, protos), p + 0.25 * sim.cross(protos, z, p))
     assert isinstance(SelfAttention2d(8, 2)(z), torch.Tensor)
+
+
+# ---------------------------------------------------------------- scale-aware forms (DESIGN.md §3, Scale)
+def test_triplet_on_normalised_features_float64():
+    torch.manual_seed(1)
+    f, y = torch.randn(8, 4) * 30, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    U = f.double().numpy()
+    U = U / np.linalg.norm(U, axis=1, keepdims=True)
+    cos = U @ U.T
+    d = lambda i, j: math.sqrt(max(2 - 2 * cos[i, j], 1e-12))  # noqa: E731  chord between unit vectors
+    ref = np.mean([max(0, max(d(i, j) for j in range(8) if y[j] == y[i]) -
+                       min(d(i, j) for j in range(8) if y[j] != y[i]) + 0.3) for i in range(8)])
+    assert triplet_hard(f, y, 0.3, normalize=True).item() == pytest.approx(ref, rel=1e-5)
+    # invariant to the feature scale; the raw form is not
+    assert triplet_hard(f * 7, y, 0.3, normalize=True).item() == pytest.approx(ref, rel=1e-5)
+    assert triplet_hard(f * 7, y, 0.3).item() != pytest.approx(triplet_hard(f, y, 0.3).item(), rel=1e-3)
+
+
+def test_i2t_logits_raw_and_cosine_by_hand():
+    from scireid.losses import i2t_logits
+    p = torch.tensor([[3.0, 4.0], [0.0, -2.0]])
+    protos = torch.tensor([[1.0, 0.0], [0.0, 10.0], [-1.0, -1.0]])
+    raw = [[3.0, 40.0, -7.0], [0.0, -20.0, 2.0]]
+    torch.testing.assert_close(i2t_logits(p, protos), torch.tensor(raw))
+    s = 18.1
+    cos = [[0.6, 0.8, -7 / 5 / math.sqrt(2)], [0.0, -1.0, 1 / math.sqrt(2)]]
+    torch.testing.assert_close(i2t_logits(p, protos, "cosine", s), s * torch.tensor(cos))
+    # the cosine form cannot be lowered by shrinking |p|
+    torch.testing.assert_close(i2t_logits(p * 0.01, protos, "cosine", s), i2t_logits(p, protos, "cosine", s))
+
+
+def test_sim_relative_residual_moves_p_by_gamma_times_its_norm():
+    torch.manual_seed(0)
+    sim = SIM(8, 6, residual="relative")
+    sim.gamma.data.fill_(0.1)
+    p, z, protos = torch.randn(2, 6) * 100, torch.randn(2, 8, 3, 2), torch.randn(4, 6)
+    out = sim.update(p, z, protos)
+    r = sim.cross(protos, z, p)
+    ref = p + 0.1 * p.norm(dim=1, keepdim=True) * r / r.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close((out - p).norm(dim=1), 0.1 * p.norm(dim=1))
+    # eq. 17 as written (absolute) moves p by gamma * |r| instead
+    absolute = SIM(8, 6)
+    absolute.load_state_dict(sim.state_dict())
+    torch.testing.assert_close((absolute.update(p, z, protos) - p).norm(dim=1), 0.1 * r.norm(dim=1))
+
+
+def test_balanced_test_feature_weighs_both_halves_equally():
+    torch.manual_seed(0)
+    spec = ModelSpec("tiny-rn", 4, 6, 64, 32, sse=False, sim=False, test_feature="balanced")
+    m = SCIModel(spec).eval()
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        out = m(x)
+        f = m.embed_tensor(x)
+    dg = m.visual.map_dim
+    g = out["g"].double() / out["g"].double().norm(dim=1, keepdim=True)
+    p = out["p"].double() / out["p"].double().norm(dim=1, keepdim=True)
+    ref = torch.cat([g, p], 1) / math.sqrt(2)
+    torch.testing.assert_close(f.double(), ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(f[:, :dg].norm(dim=1), f[:, dg:].norm(dim=1))

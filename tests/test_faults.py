@@ -35,6 +35,10 @@ def train_args(data_root, out, *extra):
     ("data.height=70", "multiples of 32"), ("data.height=0", "data.height=0"), ("stage2.lr=nan", "stage2.lr=nan"),
     ("stage2.epochs=-3", "stage2.epochs=-3"), ("stage2.epochs=0", "stage2.epochs=0"), ("run.device=tpu", "run.device"),
     ("stage2.batch_size=30", "multiple of data.num_instances=4"), ("stage2.batch_size=-4", "stage2.batch_size=-4"),
+    ("stage2.lr_gamma=-3", "stage2.lr_gamma=-3"), ("model.sim_heads=0", "model.sim_heads=0"),
+    ("stage2.eval_every=-2", "stage2.eval_every=-2"), ("run.seed=-5", "run.seed=-5"),
+    ("run.stop_after_steps=-1", "run.stop_after_steps=-1"), ("stage2.i2t_logits=dot", "stage2.i2t_logits"),
+    ("stage2.i2t_scale=0", "stage2.i2t_scale=0"), ("model.sim_residual=big", "model.sim_residual"),
 ])
 def test_bad_settings_fail_before_any_training(data_root, tmp_path, capsys, override, needle):
     out = tmp_path / "run"

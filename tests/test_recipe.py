@@ -119,3 +119,15 @@ def test_ablation_rows_match_the_paper():
     assert (sse.model.sim, sse.model.sse, sse.stage2.cal) == (False, True, False)
     assert (full.model.sim, full.model.sse, full.stage2.cal) == (True, True, True)
     assert (base.model.sim, base.model.sse, base.stage2.cal) == (False, False, False)
+
+
+@pytest.mark.parametrize("preset", ["ltcc", "prcc", "vcclothes", "market1501", "msmt17"])
+@pytest.mark.parametrize("variant", [None, "baseline", "full"])
+def test_real_data_presets_keep_clip_reids_raw_forms(preset, variant):
+    """The scale-aware options are for the synthetic prior; real data trains as CLIP-ReID does."""
+    cfg = load_config(preset, variant=variant)
+    assert cfg.stage2.i2t_logits == "raw" and cfg.stage2.triplet_normalize is False
+    assert cfg.stage2.triplet_margin == 0.3
+    assert cfg.model.sim_residual == "absolute" and cfg.model.test_feature == "concat"
+    assert cfg.data.padding == 10 and cfg.data.erasing_prob == 0.5  # CLIP-ReID's PADDING / RE_PROB at 256x128
+    assert cfg.stage2.lr == 3.5e-4 and cfg.stage2.freeze_backbone_bn is False

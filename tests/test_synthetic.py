@@ -63,3 +63,64 @@ def test_cli_synth_and_stats(tmp_path, capsys):
     st = json.loads(capsys.readouterr().out)
     assert st["splits"]["train"]["ids"] == 3
     assert main(["datasets", "check", "synthetic", str(tmp_path / "s")]) == 0
+
+
+def test_validation_split_holds_other_people_and_leaves_train_test_unchanged(synth, tmp_path):
+    ds = build_dataset("synthetic", synth)
+    val = ds.validation()
+    assert val is not None and not val.train
+    val_pids = {r.pid for r in val.test}
+    assert len(val_pids) == 40 // 3
+    assert val_pids.isdisjoint({r.pid for r in ds.test}) and min(val_pids) >= 40  # named after train/test ids
+    q = val.protocol("cloth-changing")
+    res = run_protocols(val, np.random.default_rng(0).normal(size=(len(val.test), 8)))
+    assert res["cloth-changing"]["num_valid"] > 0.8 * len(q.query)
+    # its people come from their own random stream: no val, same train and test images
+    none = generate(tmp_path / "noval", ids=40, seed=3, val_ids=0)
+    assert not any((none / "val" / "query").iterdir())
+    for split in ("train", "query", "test"):
+        names = sorted(p.name for p in (synth / split).iterdir())
+        assert names == sorted(p.name for p in (none / split).iterdir())
+    name = sorted(p.name for p in (synth / "test").iterdir())[7]
+    assert np.array_equal(np.asarray(read_image(str(synth / "test" / name))),
+                          np.asarray(read_image(str(none / "test" / name))))
+
+
+def test_validation_split_refused_when_it_shares_people(synth, tmp_path):
+    import shutil
+
+    from scireid.data.records import DatasetError
+    copy = tmp_path / "copy"
+    shutil.copytree(synth, copy)
+    stray = sorted((copy / "test").iterdir())[0]
+    shutil.copy(stray, copy / "val" / "test" / stray.name)
+    with pytest.raises(DatasetError, match="validation identities"):
+        build_dataset("synthetic", copy)
+
+
+def test_synth_is_all_or_nothing(tmp_path, monkeypatch, capsys):
+    """A generation that dies (here: disk full at the 30th image) leaves no folder that looks like data."""
+    from PIL import Image
+
+    calls = {"n": 0}
+    real_save = Image.Image.save
+
+    def save(self, fp, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, *a, **k)
+    monkeypatch.setattr(Image.Image, "save", save)
+    assert main(["synth", str(tmp_path / "s"), "--ids", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
+    monkeypatch.undo()
+    # a folder that lost its completion record (an old in-place generation) is refused, in one line
+    generate(tmp_path / "half", ids=4, seed=1)
+    (tmp_path / "half" / "synthetic.json").unlink()
+    assert main(["datasets", "stats", "synthetic", str(tmp_path / "half")]) == 2
+    assert "generation never finished" in capsys.readouterr().err
+    # synth never writes into a folder that holds something
+    assert main(["synth", str(tmp_path / "half"), "--ids", "4"]) == 2
+    assert "not an empty folder" in capsys.readouterr().err

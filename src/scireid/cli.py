@@ -41,9 +41,9 @@ def cmd_check(a) -> int:
 
 
 def cmd_synth(a) -> int:
-    from .data.synthetic import generate
+    from .data.synthetic import generate_complete
 
-    generate(a.out, ids=a.ids, seed=a.seed, progress=True)
+    generate_complete(a.out, ids=a.ids, seed=a.seed, val_ids=a.val_ids)
     print(f"wrote synthetic dataset to {a.out}; read it with: scireid datasets stats synthetic {a.out}")
     return 0
 
@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out")
     s.add_argument("--ids", type=int, default=120)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-ids", type=int, help="validation identities in val/ (default max(4, ids // 3))")
     s.set_defaults(fn=cmd_synth)
 
     ds = sub.add_parser("datasets", help="inspect a dataset").add_subparsers(dest="dcmd", required=True)
@@ -362,6 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_counts(args) -> None:
+    """Counts any command takes (--topk, --queries, --batch, --chunk, --workers), checked before any work."""
+    from .errors import ConfigError
+    for name, low in (("topk", 1), ("queries", 1), ("batch", 1), ("chunk", 1), ("workers", 0), ("ids", 1)):
+        v = getattr(args, name, None)
+        if isinstance(v, int) and v < low:
+            raise ConfigError(f"--{name} {v}: expected an integer >= {low}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -376,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
     try:
+        _check_counts(args)
         return args.fn(args)
     except (UserError, ImageReadError, FileNotFoundError) as e:
         print(f"scireid: error: {e}", file=sys.stderr)

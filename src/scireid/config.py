@@ -50,6 +50,11 @@ class ModelConfig:
     sim_attention: str = "nonlocal"  # nonlocal | self
     sim_pooling: str = "mean"  # mean | similarity
     sim_heads: int = 8
+    # p' = p + gamma * r (absolute, eq. 17 as written) or p + gamma * |p| * r / |r| (relative: the gate is the
+    # fraction of |p| that SIM may move, whatever the backbone's feature scale)
+    sim_residual: str = "absolute"
+    # test feature: concat(g, p') as CLIP-ReID (concat) or concat(g/|g|, p'/|p'|) (balanced: each half weighs the same)
+    test_feature: str = "concat"
 
 
 @dataclass
@@ -83,7 +88,12 @@ class Stage2Config:
     id_weight: float = 1.0  # CLIP-ReID's CNN recipe (cnn_clipreid.yml); its ViT recipe uses 0.25
     triplet_weight: float = 1.0
     triplet_margin: float = 0.3
+    # CLIP-ReID: batch-hard triplet on raw features; true: on L2-normalised features (margin in chord units)
+    triplet_normalize: bool = False
     i2t_weight: float = 1.0
+    # CLIP-ReID: raw dot products p'.T (raw); cosine: i2t_scale * cos(p', T), the stage-1 geometry
+    i2t_logits: str = "raw"
+    i2t_scale: float = 1.0
     cal: bool = True
     cal_weight: float = 1.0
     cal_start_epoch: int = 45  # 5 epochs after the first lr decay
@@ -136,6 +146,9 @@ CHOICES = {
     "model.sim_attention": ("nonlocal", "self"),
     "model.sim_pooling": ("mean", "similarity"),
     "stage1.contrastive_text": ("ort", "id"),
+    "model.sim_residual": ("absolute", "relative"),
+    "model.test_feature": ("concat", "balanced"),
+    "stage2.i2t_logits": ("raw", "cosine"),
 }
 
 
@@ -306,7 +319,7 @@ def validate_config(cfg: Config) -> Config:
                 raise ConfigError(f"{section}.{key}={v}: expected a finite number")
     positive = ["stage1.epochs", "stage1.batch_size", "stage2.epochs", "stage2.batch_size", "data.num_instances",
                 "data.height", "data.width", "eval.batch_size", "eval.chunk", "model.n_ctx", "run.checkpoint_every",
-                "stage1.lr", "stage2.lr", "stage2.cal_lr", "stage1.temperature", "data.prcc_trials"]
+                "stage1.lr", "stage2.lr", "stage2.cal_lr", "stage1.temperature", "data.prcc_trials", "stage2.i2t_scale"]
     def get(dotted: str) -> Any:
         section, key = dotted.split(".")
         return getattr(getattr(cfg, section), key)
@@ -324,6 +337,14 @@ def validate_config(cfg: Config) -> Config:
     for dotted in ("data.flip_prob", "data.erasing_prob", "stage2.label_smoothing", "stage2.cal_epsilon"):
         if not 0 <= get(dotted) < 1 + dotted.endswith("prob"):
             raise ConfigError(f"{dotted}={get(dotted)}: expected a value in [0, 1]")
+    for dotted in ("stage2.lr_gamma", "model.sim_heads", "stage2.eval_every"):
+        if not get(dotted) > 0:
+            raise ConfigError(f"{dotted}={get(dotted)}: expected a positive value")
+    for dotted in ("run.seed", "run.stop_after_steps"):
+        if get(dotted) < 0:
+            raise ConfigError(f"{dotted}={get(dotted)}: expected a value >= 0")
+    if cfg.run.seed >= 2 ** 31:
+        raise ConfigError(f"run.seed={cfg.run.seed}: expected a value below 2**31")
     if not 0 < cfg.stage2.warmup_factor <= 1:
         raise ConfigError(f"stage2.warmup_factor={cfg.stage2.warmup_factor}: expected a value in (0, 1]")
     if cfg.stage2.batch_size % cfg.data.num_instances:

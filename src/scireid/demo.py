@@ -79,15 +79,24 @@ def zero_shot_row(data_root: Path, runs: Path, overrides: list[str]) -> dict[str
     cfg = _demo_config("baseline", 0, data_root, done.parent, overrides)
     ds = load_dataset(cfg)
     model = build_model(model_spec(cfg, ds), cfg.model.weights)
+    from .analysis.mechanism import feature_measurements
+    from .data.loading import build_transforms
+
+    d = cfg.data
     res = {"last": run_protocols(ds, test_features(model, ds, cfg, DistContext())), "weights": cfg.model.weights,
-           "seconds": time.time() - t0}
+           "features": feature_measurements(model, ds.test, build_transforms(d.height, d.width, d.pixel_mean,
+                                                                               d.pixel_std, train=False))}
+    val = ds.validation()
+    if val is not None:
+        res["last_val"] = run_protocols(val, test_features(model, val, cfg, DistContext()))
+    res["seconds"] = time.time() - t0
     atomic_write_json(done, res)
     return res
 
 
 def _curves(run: Path) -> list[dict[str, Any]]:
-    p = run / "metrics.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+    from .engine.engine import read_metrics
+    return read_metrics(run / "metrics.jsonl")
 
 
 def run_demo(out: str | Path = "scireid_demo", quick: bool = False, seed: int = 0,
@@ -123,8 +132,9 @@ def run_demo(out: str | Path = "scireid_demo", quick: bool = False, seed: int = 
     return report
 
 
-def _stats(results: dict[int, dict[str, Any]], setting: str, metric: str) -> tuple[float, float, list[float]]:
-    vals = [r["last"][setting][metric] for r in results.values()]
+def _stats(results: dict[int, dict[str, Any]], setting: str, metric: str, key: str = "last"
+           ) -> tuple[float, float, list[float]]:
+    vals = [r[key][setting][metric] for r in results.values()]
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"), vals
 
 
@@ -134,23 +144,14 @@ def build_report(out: Path, runs: Path, results: dict[str, dict[int, dict[str, A
     for v, per_seed in results.items():
         table[v] = {st: {m: dict(zip(("mean", "std", "values"), _stats(per_seed, st, m))) for m in ("R-1", "mAP")}
                     for st in SETTINGS}
-    verdicts = []
-    base = table.get("baseline")
-    for v in results:
-        if v in ("baseline", "zero-shot") or base is None:
-            continue
-        for st in SETTINGS:
-            for m in ("R-1", "mAP"):
-                a, b = table[v][st][m], base[st][m]
-                diff = a["mean"] - b["mean"]
-                spread = a["std"] + b["std"]
-                if len(seeds) < 2:
-                    verdict = "single seed: no spread to compare against"
-                elif abs(diff) > spread:
-                    verdict = f"exceeds the seed spread ({spread:.1f})"
-                else:
-                    verdict = f"within the seed spread ({spread:.1f})"
-                verdicts.append({"variant": v, "setting": st, "metric": m, "diff": diff, "verdict": verdict})
+    val_table: dict[str, Any] = {}
+    for v, per_seed in results.items():
+        if all("last_val" in r for r in per_seed.values()):
+            val_table[v] = {st: {m: dict(zip(("mean", "std", "values"), _stats(per_seed, st, m, "last_val")))
+                                 for m in ("R-1", "mAP")} for st in SETTINGS}
+    verdicts = paired_differences(results, seeds)
+    zs = results.get("zero-shot", {})
+    zero_shot_features = next(iter(zs.values())).get("features") if zs else None
     checks = component_checks(runs, results)
     curves_png = plot_curves(out, runs, results)
     from .analysis.mechanism import mechanism_figure
@@ -158,12 +159,40 @@ def build_report(out: Path, runs: Path, results: dict[str, dict[int, dict[str, A
     timing = {f"{v}-seed{s}": r.get("seconds") for v, rs in results.items() for s, r in rs.items()}
     cfg = load_config("synthetic", list(overrides))
     report = {"quick": quick, "seeds": seeds, "arch": cfg.model.arch, "weights": cfg.model.weights,
-              "input": f"{cfg.data.height}x{cfg.data.width}", "table": table, "differences_vs_baseline": verdicts,
+              "input": f"{cfg.data.height}x{cfg.data.width}", "table": table, "val_table": val_table,
+              "differences_vs_baseline": verdicts, "zero_shot_features": zero_shot_features,
               "component_checks": checks, "timings_s": timing, "total_s": seconds, "curves": curves_png,
               "mechanism_figure": mech_png}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
     return report
+
+
+def paired_differences(results: dict[str, dict[int, dict[str, Any]]], seeds: list[int]) -> list[dict[str, Any]]:
+    """Each variant minus the baseline of the same seed (same data order), then mean ± std over seeds.
+
+    A difference counts as beyond the spread when every seed's difference has the same sign and the
+    mean exceeds the standard deviation of the paired differences; with one seed there is no spread.
+    """
+    base = results.get("baseline")
+    out = []
+    for v, per_seed in results.items():
+        if v in ("baseline", "zero-shot") or base is None:
+            continue
+        for st in SETTINGS:
+            for m in ("R-1", "mAP"):
+                diffs = [per_seed[s]["last"][st][m] - base[s]["last"][st][m] for s in seeds if s in per_seed and s in base]
+                mean = float(np.mean(diffs))
+                std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
+                if len(diffs) < 2:
+                    verdict = "single seed: no spread to compare against"
+                elif abs(mean) > std and (min(diffs) > 0 or max(diffs) < 0):
+                    verdict = f"beyond the spread of the paired differences (std {std:.1f}, every seed {'+' if mean > 0 else '-'})"
+                else:
+                    verdict = f"within the spread of the paired differences (std {std:.1f})"
+                out.append({"variant": v, "setting": st, "metric": m, "diff": mean, "std": std, "per_seed": diffs,
+                            "verdict": verdict})
+    return out
 
 
 def component_checks(runs: Path, results) -> dict[str, Any]:
@@ -187,6 +216,12 @@ def component_checks(runs: Path, results) -> dict[str, Any]:
             if cal:
                 c["clothes_acc_first_cal_epoch"] = cal[0]["clothes_acc"]
                 c["cal_loss_last"] = cal[-1]["cal"]
+            within = [r for r in clf if "clothes_acc_within" in r]
+            if within:
+                before = [r for r in within if "cal" not in r]
+                c["within_acc_before_cal"] = before[-1]["clothes_acc_within"] if before else None
+                c["within_acc_last"] = within[-1]["clothes_acc_within"]
+                c["within_chance"] = within[-1]["clothes_within_chance"]
             s1 = [r for r in _curves(runs / f"{v}-seed{s}") if r["stage"] == "stage1"]
             if s1 and "S_id" in s1[-1]:
                 c["S_id_first"], c["S_id_last"] = s1[0]["S_id"], s1[-1]["S_id"]
@@ -261,32 +296,66 @@ def render_markdown(rep: dict[str, Any]) -> str:
     for v, t in rep["table"].items():
         L.append(f"| {VARIANT_ROWS[v]} | {cell(t['general']['R-1'])} | {cell(t['general']['mAP'])} | "
                  f"{cell(t['cloth-changing']['R-1'])} | {cell(t['cloth-changing']['mAP'])} |")
-    L += ["", "## Differences from the baseline", ""]
+    zs = rep["table"].get("zero-shot")
+    if zs:
+        L += ["", "## Does ReID training beat the prior? (cloth-changing, points over the zero-shot row)", ""]
+        for v, t in rep["table"].items():
+            if v == "zero-shot":
+                continue
+            d1 = t["cloth-changing"]["R-1"]["mean"] - zs["cloth-changing"]["R-1"]["mean"]
+            d2 = t["cloth-changing"]["mAP"]["mean"] - zs["cloth-changing"]["mAP"]["mean"]
+            L.append(f"- {VARIANT_ROWS[v]}: R-1 {d1:+.1f}, mAP {d2:+.1f}")
+    if rep.get("val_table"):
+        L += ["", "## Validation split (identities in neither train nor test; last epoch)", "",
+              "Recipe choices and `model_best` use these numbers, never the test queries above.", "",
+              "| variant | general R-1 | general mAP | cloth-changing R-1 | cloth-changing mAP |", "|---|---|---|---|---|"]
+        for v, t in rep["val_table"].items():
+            L.append(f"| {VARIANT_ROWS[v]} | {cell(t['general']['R-1'])} | {cell(t['general']['mAP'])} | "
+                     f"{cell(t['cloth-changing']['R-1'])} | {cell(t['cloth-changing']['mAP'])} |")
+    L += ["", "## Differences from the baseline, paired by seed (same data order)", "",
+          "Each seed's variant minus the same seed's baseline; mean ± std over seeds, then the per-seed values. "
+          "Beyond the spread = every seed has the same sign and |mean| > std.", ""]
     for d in rep["differences_vs_baseline"]:
-        L.append(f"- {VARIANT_ROWS[d['variant']]}, {d['setting']} {d['metric']}: {d['diff']:+.1f} points — {d['verdict']}")
+        per = ", ".join(f"{x:+.1f}" for x in d["per_seed"])
+        std = f" ± {d['std']:.1f}" if np.isfinite(d["std"]) else ""
+        L.append(f"- {VARIANT_ROWS[d['variant']]}, {d['setting']} {d['metric']}: {d['diff']:+.1f}{std} ({per}) — "
+                 f"{d['verdict']}")
     full_cc = [d for d in rep["differences_vs_baseline"] if d["variant"] == "full" and d["setting"] == "cloth-changing"
                and d["metric"] == "R-1"]
     if full_cc:
         d = full_cc[0]
-        if d["diff"] > 0 and "exceeds" in d["verdict"]:
-            L += ["", f"**SCI beats the baseline in the cloth-changing protocol** by {d['diff']:.1f} R-1 points, "
-                      "more than the seed-to-seed spread."]
+        if d["diff"] > 0 and d["verdict"].startswith("beyond"):
+            L += ["", f"**SCI beats the baseline in the cloth-changing protocol** by {d['diff']:.1f} R-1 points "
+                      "(paired by seed), beyond the spread of the paired differences."]
         elif d["diff"] > 0:
-            L += ["", f"SCI is ahead of the baseline in the cloth-changing protocol by {d['diff']:.1f} R-1 points, "
-                      "but this does **not** exceed the seed-to-seed spread: no claim can be made."]
+            L += ["", f"SCI is ahead of the baseline in the cloth-changing protocol by {d['diff']:.1f} R-1 points "
+                      "(paired by seed), but not beyond the spread of the paired differences: no claim can be made."]
         else:
-            L += ["", f"**SCI does not beat the baseline in the cloth-changing protocol** here ({d['diff']:+.1f} R-1 points)."]
+            L += ["", f"**SCI does not beat the baseline in the cloth-changing protocol** here ({d['diff']:+.1f} R-1 "
+                      "points, paired by seed)."]
+    fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
     L += ["", "## Do the components train as intended?", "",
-          "| run | gamma (SIM gate) at end | clothes-classifier acc.: last epoch before CAL → first with CAL → end | S_id first → last | S_clo first → last |",
-          "|---|---|---|---|---|"]
+          "gamma: SIM's gate; SIM share: |p' - p| / |p'| on test images. Within-identity clothes: nearest neighbour "
+          "among the same person's images from other cameras wears the same outfit (test features; chance in "
+          "brackets) — what CAL is meant to lower. Clothes classifier (CAL runs, training images): accuracy among "
+          "the identity's own outfits, last epoch before CAL → end. GAP share: weight of the 2048-d half in the "
+          "test feature's cosine.", "",
+          "| run | gamma | SIM share | within-identity clothes NN | classifier within-identity acc. | GAP share | "
+          "S_id first → last | S_clo first → last |", "|---|---|---|---|---|---|---|---|"]
+    zf = rep.get("zero_shot_features")
+    if zf:
+        L.append(f"| zero-shot prior | — | — | {fmt(zf.get('clothes_nn_within'))} ({fmt(zf.get('clothes_nn_chance'))}) | — | "
+                 f"{fmt(zf.get('g_share'))} | — | — |")
     for run, c in rep["component_checks"].items():
         g = f"{c['gamma_final']:+.4f}" if "gamma_final" in c else "—"
-        fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
-        ca = (f"{fmt(c.get('clothes_acc_before_cal'))} → {fmt(c.get('clothes_acc_first_cal_epoch'))} → "
-              f"{fmt(c['clothes_acc_last'])}" if "clothes_acc_last" in c else "—")
+        share = f"{c['feat_sim_share']:.3f}" if c.get("feat_sim_share") is not None and "gamma_final" in c else "—"
+        nn = (f"{fmt(c.get('feat_clothes_nn_within'))} ({fmt(c.get('feat_clothes_nn_chance'))})"
+              if "feat_clothes_nn_within" in c else "—")
+        wa = (f"{fmt(c.get('within_acc_before_cal'))} → {fmt(c['within_acc_last'])} (chance {fmt(c['within_chance'])})"
+              if "within_acc_last" in c else "—")
         si = f"{c['S_id_first']:.3f} → {c['S_id_last']:.3f}" if "S_id_last" in c else "—"
         sc = f"{c['S_clo_first']:.3f} → {c['S_clo_last']:.3f}" if "S_clo_last" in c else "—"
-        L.append(f"| {run} | {g} | {ca} | {si} | {sc} |")
+        L.append(f"| {run} | {g} | {share} | {nn} | {wa} | {fmt(c.get('feat_g_share'))} | {si} | {sc} |")
     fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
     L += ["", "## Stage 1: do the prompts learn? (final contrastive losses vs ln(batch), chance level)", "",
           "| run | i2t | t2i | ln(batch) | i2t / ln(batch) | t2i / ln(batch) |", "|---|---|---|---|---|---|"]

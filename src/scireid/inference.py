@@ -52,8 +52,10 @@ def load(run_dir_or_checkpoint: str | Path, device: str | torch.device | None = 
     if "spec" not in meta:
         raise CheckpointError(f"{ckpt}: not a scireid checkpoint (its metadata has no model spec); expected a run "
                               f"directory or a .safetensors written by scireid train")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = SCIModel(ModelSpec(**meta["spec"])).to(dev)
+    from .engine.distributed import resolve_device
+    dev = resolve_device(device)
+    from .models.sci import spec_from_meta
+    model = SCIModel(spec_from_meta(meta, ckpt)).to(dev)
     load_weights(ckpt, model)
     cfg = meta.get("config", {}).get("data", {})
     mean, std = meta.get("pixel_mean") or cfg.get("pixel_mean"), meta.get("pixel_std") or cfg.get("pixel_std")

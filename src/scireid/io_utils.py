@@ -71,3 +71,15 @@ def strict_json(data: Any) -> Any:
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(strict_json(data), indent=2, default=float, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path, fix: str = "") -> Any:
+    """A JSON file we wrote, or one line naming the file when it is empty or cut short."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing{'; ' + fix if fix else ''}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        what = "empty" if path.stat().st_size == 0 else f"not valid JSON ({getattr(e, 'msg', e)})"
+        raise UserError(f"{path}: {what}{'; ' + fix if fix else ''}") from None

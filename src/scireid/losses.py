@@ -24,13 +24,29 @@ def euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return d.clamp(min=1e-12).sqrt()
 
 
-def triplet_hard(feats: torch.Tensor, labels: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
-    """Batch-hard triplet on un-normalised features (CLIP-ReID's TripletLoss)."""
-    d = euclidean(feats.float(), feats.float())
+def triplet_hard(feats: torch.Tensor, labels: torch.Tensor, margin: float = 0.3, normalize: bool = False) -> torch.Tensor:
+    """Batch-hard triplet on un-normalised features (CLIP-ReID's TripletLoss).
+
+    ``normalize``: on L2-normalised features, so the margin means the same at any feature scale
+    (distances are chords on the unit sphere, sqrt(2 - 2 cos)).
+    """
+    feats = F.normalize(feats.float(), dim=1) if normalize else feats.float()
+    d = euclidean(feats, feats)
     same = labels[:, None] == labels[None, :]
     d_ap = (d - (~same).float() * 1e12).max(1).values
     d_an = (d + same.float() * 1e12).min(1).values
     return F.relu(d_ap - d_an + margin).mean()
+
+
+def i2t_logits(p: torch.Tensor, protos: torch.Tensor, form: str = "raw", scale: float = 1.0) -> torch.Tensor:
+    """Image-to-text logits of L_i2tce: CLIP-ReID's raw p'.T^T, or ``scale`` * cosine (the prior's own geometry).
+
+    Raw logits assume OpenAI CLIP's feature scale; at another scale the softmax saturates and the
+    loss is minimised fastest by shrinking |p'| (DESIGN.md §3, Scale).
+    """
+    if form == "cosine":
+        return scale * F.normalize(p.float(), dim=1) @ F.normalize(protos.float(), dim=1).T
+    return p @ protos.T
 
 
 def cal_loss(cos_logits: torch.Tensor, clothes: torch.Tensor, pos_mask: torch.Tensor, scale: float = 16.0,

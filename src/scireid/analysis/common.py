@@ -62,8 +62,10 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), devi
         from ..errors import CheckpointError
         raise CheckpointError(f"{ckpt}: not a scireid checkpoint (no config/spec in its metadata)")
     cfg = apply_overrides(config_from_dict(meta["config"]), list(overrides))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = SCIModel(ModelSpec(**meta["spec"])).to(dev).eval()
+    from ..engine.distributed import resolve_device
+    dev = resolve_device(device)
+    from ..models.sci import spec_from_meta
+    model = SCIModel(spec_from_meta(meta, ckpt)).to(dev).eval()
     load_weights(ckpt, model)
     from ..data.source import expected_fingerprint
     return LoadedRun(Path(path), ckpt, cfg, model, dev, data_fingerprint=expected_fingerprint(meta, cfg))

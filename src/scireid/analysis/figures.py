@@ -243,7 +243,9 @@ def ablation_plot(run_dirs: Sequence[str | Path], out: Path, labels: Sequence[st
         if not res_path.is_file():
             from ..errors import UserError
             raise UserError(f"{res_path}: missing; ablation plots need finished runs (scireid train ... --out {d})")
-        runs.append((d, json.loads(res_path.read_text())["last"], yaml.safe_load((d / "config.yaml").read_text())))
+        from ..io_utils import read_json
+        res = read_json(res_path, f"continue the run with: scireid train ... --resume --out {d}")
+        runs.append((d, res["last"], yaml.safe_load((d / "config.yaml").read_text())))
     if labels is None:  # label each run by the config keys that differ between runs
         keys = sorted({f"{s}.{k}" for _, _, c in runs for s in c for k in c[s] if s != "run" and
                        len({json.dumps(c2[s][k]) for _, _, c2 in runs}) > 1})

@@ -162,6 +162,53 @@ def gradcam_mass(run, records, root: Path, max_images: int = 64) -> dict[str, An
     return {"images": len(recs), "trait_mass": float(np.mean(trait)), "garment_mass": float(np.mean(garment))}
 
 
+@torch.no_grad()
+def feature_measurements(model, records, transform, batch: int = 128) -> dict[str, Any]:
+    """Scales of the test feature's parts, SIM's share of p', and how much clothes still sort one person.
+
+    - ``g_norm`` / ``p_norm``: mean |GAP| and |p'|; ``g_share``: mean |g|^2 / (|g|^2 + |p'|^2), the
+      weight of the GAP half in the raw concat's cosine (0.5 = balanced).
+    - ``sim_share``: mean |p' - p| / |p'|, what SIM adds to the projected feature.
+    - ``clothes_nn_within``: for each image, its nearest neighbour (test feature) among the same
+      person's images from other cameras; how often that neighbour wears the same outfit, against
+      ``clothes_nn_chance``, the same-outfit fraction of those candidates. This is what CAL is meant to
+      lower; counting clothes labels across identities would reward identity learning as well.
+    """
+    from ..data.loading import read_image
+    model.eval()
+    dev = model.prototypes.device
+    gs, ps, shares, feats = [], [], [], []
+    for i in range(0, len(records), batch):
+        x = torch.stack([transform(read_image(r.path)) for r in records[i:i + batch]]).to(dev)
+        _, fmap, cls = model.visual.trunk(x)
+        z = model.sim.refine_map(fmap) if model.sim is not None else fmap
+        g, p0 = model.visual.pool(z, cls)
+        p = model.sim.update(p0, z, model.prototypes) if model.sim is not None else p0
+        g, p, p0 = g.float(), p.float(), p0.float()
+        gs.append(g.norm(dim=1))
+        ps.append(p.norm(dim=1))
+        shares.append((p - p0).norm(dim=1) / p.norm(dim=1).clamp_min(1e-12))
+        feats.append(model.embed_tensor(x).float())
+    g_n, p_n, f = torch.cat(gs), torch.cat(ps), torch.cat(feats).cpu().numpy()
+    pid = np.array([r.pid for r in records])
+    cam = np.array([r.camid for r in records])
+    clo = np.array([r.clothes for r in records])
+    sim = f @ f.T
+    hits, chance = [], []
+    for i in range(len(records)):
+        cand = np.flatnonzero((pid == pid[i]) & (cam != cam[i]))
+        same = clo[cand] == clo[i]
+        if len(cand) < 2 or same.all() or not same.any():
+            continue
+        hits.append(float(same[np.argmax(sim[i, cand])]))
+        chance.append(float(same.mean()))
+    return {"images": len(records), "g_norm": float(g_n.mean()), "p_norm": float(p_n.mean()),
+            "g_share": float((g_n ** 2 / (g_n ** 2 + p_n ** 2)).mean()), "sim_share": float(torch.cat(shares).mean()),
+            "gamma": float(model.sim.gamma) if model.sim is not None else None,
+            "clothes_nn_within": float(np.mean(hits)) if hits else None,
+            "clothes_nn_chance": float(np.mean(chance)) if chance else None, "clothes_nn_images": len(hits)}
+
+
 def read_synthetic_meta(root: str | Path) -> dict[str, Any] | None:
     p = Path(root) / "synthetic.json"
     return json.loads(p.read_text()) if p.is_file() else None
@@ -179,6 +226,7 @@ def measure_run(run, max_images: int = 200) -> dict[str, Any] | None:
     if run.model.sim is not None:
         out["sim_attention"] = sim_attention_mass(run.model, run.ds.test, Path(d.root), tf, max_images)
     out["gradcam"] = gradcam_mass(run, run.ds.test, Path(d.root))
+    out["features"] = feature_measurements(run.model, run.ds.test, tf)
     return out
 
 
@@ -234,6 +282,9 @@ def flatten(mech: dict[str, Any]) -> dict[str, Any]:
         sa = mech["sim_attention"]
         c["sim_attn_trait"], c["sim_attn_garment"] = sa["trait_mass"], sa["garment_mass"]
         c["uniform_trait"], c["uniform_garment"] = sa["uniform_trait_mass"], sa["uniform_garment_mass"]
+    for k, v in (mech.get("features") or {}).items():
+        if k != "images":
+            c[f"feat_{k}"] = v
     if mech.get("gradcam"):
         c["gradcam_trait"], c["gradcam_garment"] = mech["gradcam"]["trait_mass"], mech["gradcam"]["garment_mass"]
     return c

@@ -32,7 +32,8 @@ def training_curves(run_dir: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(x) for x in p.read_text().splitlines()]
+    from ..engine.engine import read_metrics
+    recs = [r for r in read_metrics(p) if "stage" in r and "epoch" in r]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     s1 = [r for r in recs if r["stage"] == "stage1"]
     s2 = [r for r in recs if r["stage"] == "stage2"]
@@ -78,14 +79,17 @@ def build_report(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
              f"CAL={run.cfg.stage2.cal}).</p>"]
     res_path = rd / "results.json"
     if res_path.exists():
-        res = json.loads(res_path.read_text())
+        from ..io_utils import read_json
+        res = read_json(res_path, f"continue the run with: scireid train ... --resume --out {rd}")
         cols = ["R-1", "R-5", "R-10", "R-20", "mAP", "mINP"]
         parts.append("<h2>Metrics (last epoch)</h2>" + _table(
             [[p] + [f"{r[c]:.1f}" for c in cols] + [r["num_valid"]] for p, r in res["last"].items()],
             ["protocol"] + cols + ["valid queries"]))
         if res.get("best"):
             b = res["best"]
-            parts.append(f"<p>Best checkpoint: epoch {b['epoch']}, by {html.escape(b['protocol'])} R-1 = {b['score']:.1f}.</p>")
+            split = "validation" if b.get("split") == "val" else "test (no validation split: a test-selected figure)"
+            parts.append(f"<p>Best checkpoint: epoch {b['epoch']}, by {html.escape(split)} {html.escape(b['protocol'])} "
+                         f"R-1 = {b['score']:.1f}.</p>")
     curves = training_curves(rd, out)
     if curves:
         parts.append("<h2>Training curves</h2>" + _img(curves, "losses and evaluation per epoch"))

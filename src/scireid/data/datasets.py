@@ -80,14 +80,29 @@ def _ltcc_like(root: Path, name: str, lenient: bool = False) -> ReIDDataset:
                      "LTCC_ReID/{train,query,test}/<pid>_<clothes>_c<cam>_<frame>.png", name)
     bad: list = []
     conv = lambda p, m: (p, int(m.group(1)), int(m.group(3)) - 1, m.group(2))  # noqa: E731
-    train = relabel(_parse_dir(base / "train", LTCC_RE, conv, bad))
+    train_raw = _parse_dir(base / "train", LTCC_RE, conv, bad)
+    train = relabel(train_raw)
     query = _parse_dir(base / "query", LTCC_RE, conv, bad)
     gallery = _parse_dir(base / "test", LTCC_RE, conv, bad)
     if not train or not query or not gallery:
         raise DatasetError(f"{name}: no images found in {base}/train, query or test; found: {describe_tree(base)}")
+    modes = [("general", "general"), ("cloth-changing", "cloth-changing")]
     test = test_records(query + gallery)
-    protos = _protocols(test, len(query), [("general", "general"), ("cloth-changing", "cloth-changing")])
-    return ReIDDataset(name, str(root), train, test, protos, bad_names=bad)
+    protos = _protocols(test, len(query), modes)
+    val_test: list[Record] = []
+    val_protos: list[Protocol] = []
+    if (base / "val" / "query").is_dir() and (base / "val" / "test").is_dir():  # optional validation split
+        vq = _parse_dir(base / "val" / "query", LTCC_RE, conv, bad)
+        vg = _parse_dir(base / "val" / "test", LTCC_RE, conv, bad)
+        if not vq or not vg:
+            raise DatasetError(f"{name}: {base / 'val'} has no images in query/ or test/; fill both or remove val/")
+        overlap = {t[1] for t in vq + vg} & {t[1] for t in train_raw + query + gallery}
+        if overlap:
+            raise DatasetError(f"{name}: validation identities {sorted(overlap)[:5]} also appear in train/query/test; "
+                               f"validation must hold other people")
+        val_test = test_records(vq + vg)
+        val_protos = _protocols(val_test, len(vq), modes)
+    return ReIDDataset(name, str(root), train, test, protos, bad_names=bad, val_test=val_test, val_protocols=val_protos)
 
 
 @register("ltcc")
@@ -97,7 +112,13 @@ def ltcc(root: Path, lenient: bool = False, **_) -> ReIDDataset:
 
 @register("synthetic")
 def synthetic(root: Path, lenient: bool = False, **_) -> ReIDDataset:
-    """The generated cloth-changing set: LTCC's layout, read by LTCC's parser."""
+    """The generated cloth-changing set: LTCC's layout, read by LTCC's parser.
+
+    ``synthetic.json`` is written last, so a folder without it is an unfinished generation.
+    """
+    if not (Path(root) / "synthetic.json").is_file():
+        raise DatasetError(f"synthetic: {root} has no synthetic.json, so its generation never finished; "
+                           f"regenerate it with: scireid synth <new folder>")
     return _ltcc_like(root, "synthetic", lenient)
 
 

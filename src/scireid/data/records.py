@@ -46,6 +46,15 @@ class ReIDDataset:
     num_train_clothes: int = 0
     pid2clothes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
     bad_names: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) from parsing
+    # a validation query/gallery of identities in neither train nor test (model selection, recipe choices)
+    val_test: list[Record] = field(default_factory=list)
+    val_protocols: list[Protocol] = field(default_factory=list)
+
+    def validation(self) -> "ReIDDataset | None":
+        """The validation split as a dataset of its own (no train images), or None when there is none."""
+        if not self.val_test:
+            return None
+        return ReIDDataset(f"{self.name}/val", self.root, [], self.val_test, self.val_protocols)
 
     def __post_init__(self) -> None:
         if self.train:
@@ -60,7 +69,7 @@ class ReIDDataset:
         for p in self.protocols:
             if p.name == name:
                 return p
-        raise KeyError(f"dataset {self.name} has no protocol {name!r}; it has {[p.name for p in self.protocols]}")
+        raise DatasetError(f"dataset {self.name} has no protocol {name!r}; it has {', '.join(p.name for p in self.protocols)}")
 
     def split_records(self, protocol: Protocol) -> tuple[list[Record], list[Record]]:
         return [self.test[i] for i in protocol.query], [self.test[i] for i in protocol.gallery]

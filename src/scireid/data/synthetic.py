@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFilter
 log = logging.getLogger(__name__)
 
 H, W = 128, 64
-GENERATOR_VERSION = 2  # bump when the drawing changes: a cached set of another version is not reused
+GENERATOR_VERSION = 3  # 3: val/ split; bump when the drawing changes: a cached set of another version is not reused
 PALETTE = np.array([  # garment colours
     (200, 30, 30), (30, 60, 170), (30, 140, 60), (230, 200, 40), (240, 240, 240), (25, 25, 25),
     (120, 120, 120), (150, 80, 30), (230, 120, 170), (100, 40, 130), (250, 140, 20), (20, 150, 160),
@@ -229,60 +229,99 @@ def _zoom(img: Image.Image, zoom: float, fill, resample) -> Image.Image:
 
 
 def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, outfit_pool: int | None = None,
-             images_per_view: tuple[int, int] = (2, 4), progress: bool = False) -> Path:
+             images_per_view: tuple[int, int] = (2, 4), progress: bool = False, val_ids: int | None = None) -> Path:
     """Write OUT/{train,query,test}/<pid>_<clothes>_c<cam>_<frame>.png (LTCC naming). Half the ids train.
 
-    Also OUT/masks/<name>.png for query and test images (part labels: 1 identity trait, 2 garment) and
-    OUT/synthetic.json with every person's traits and outfits: the ground truth the report scores against.
+    OUT/val/{query,test} holds a validation query/gallery of ``val_ids`` further identities (default
+    max(4, ids // 3)), in neither train nor test: model selection and recipe choices use it, never
+    the test queries. They are drawn from their own random stream, so train and test are the same
+    images with or without them. Also OUT/masks/<name>.png for query and test images (part labels:
+    1 identity trait, 2 garment) and OUT/synthetic.json with every person's traits and outfits.
     """
     from tqdm import tqdm
     import sys
 
     out = Path(out)
-    for sub in ("train", "query", "test", "masks"):
+    for sub in ("train", "query", "test", "masks", "val/query", "val/test"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     cams = [_rand_camera(rng) for _ in range(cameras)]
     catalogue = [_rand_outfit(rng) for _ in range(outfit_pool or max(12, ids // 3))]
     people = [_rand_identity(rng) for _ in range(ids)]
+    n_val = max(4, ids // 3) if val_ids is None else val_ids
+    vrng = np.random.default_rng((0x7A11D, seed))  # the validation people's own stream
+    val_people = [_rand_identity(vrng) for _ in range(n_val)]
     worn: list[list[int]] = []
     n_train = ids // 2
-    frame = 0
-    n_written = {"train": 0, "query": 0, "test": 0}
-    bar = tqdm(total=ids, desc="synth", disable=not (progress and sys.stderr.isatty()))
-    for pid, person in enumerate(people):
-        n_out = int(rng.integers(2, 6))
-        outfit_ids = rng.choice(len(catalogue), size=n_out, replace=False)
-        worn.append([int(o) for o in outfit_ids])  # clothes label k (1-based in the name) is outfit worn[pid][k-1]
-        is_train = pid < n_train
+    n_written = {"train": 0, "query": 0, "test": 0, "val/query": 0, "val/test": 0}
+    frame = [0]
+    bar = tqdm(total=ids + n_val, desc="synth", disable=not (progress and sys.stderr.isatty()))
+
+    def person_images(pid: int, person: Identity, r, role: str) -> list[int]:
+        """role: train | test (query + gallery, with masks) | val (query + gallery under val/)."""
+        n_out = int(r.integers(2, 6))
+        outfit_ids = r.choice(len(catalogue), size=n_out, replace=False)
         query_cams_used: set = set()
+        prefix = "val/" if role == "val" else ""
         for clothes_idx, oid in enumerate(outfit_ids):
-            n_cams = int(rng.integers(2, 5))
-            view_cams = rng.choice(cameras, size=n_cams, replace=False)
+            n_cams = int(r.integers(2, 5))
+            view_cams = r.choice(cameras, size=n_cams, replace=False)
             q_cam = None
-            if not is_train:  # one query per outfit, from a camera not yet used for this person's queries
+            if role != "train":  # one query per outfit, from a camera not yet used for this person's queries
                 free = [c for c in view_cams if c not in query_cams_used] or list(view_cams)
                 q_cam = int(free[0])
                 query_cams_used.add(q_cam)
             for cam in view_cams:
-                n_img = int(rng.integers(images_per_view[0], images_per_view[1] + 1))
+                n_img = int(r.integers(images_per_view[0], images_per_view[1] + 1))
                 for k in range(n_img):
-                    img, mask = render(person, catalogue[oid], cams[cam], rng, with_mask=True) if not is_train else (
-                        render(person, catalogue[oid], cams[cam], rng), None)  # masks score test images only
-                    split = "train" if is_train else ("query" if (cam == q_cam and k == 0) else "test")
-                    name = f"{pid:03d}_{clothes_idx + 1}_c{cam + 1}_{frame:06d}.png"
+                    img, mask = render(person, catalogue[oid], cams[cam], r, with_mask=True) if role == "test" else (
+                        render(person, catalogue[oid], cams[cam], r), None)  # masks score test images only
+                    split = "train" if role == "train" else prefix + ("query" if (cam == q_cam and k == 0) else "test")
+                    name = f"{pid:03d}_{clothes_idx + 1}_c{cam + 1}_{frame[0]:06d}.png"
                     img.save(out / split / name, compress_level=1)
                     if mask is not None:
                         mask.save(out / "masks" / name, compress_level=1)
                     n_written[split] += 1
-                    frame += 1
+                    frame[0] += 1
         bar.update(1)
+        return [int(o) for o in outfit_ids]
+
+    for pid, person in enumerate(people):
+        # clothes label k (1-based in the name) is outfit worn[pid][k-1]
+        worn.append(person_images(pid, person, rng, "train" if pid < n_train else "test"))
+    val_worn = [person_images(ids + i, person, vrng, "val") for i, person in enumerate(val_people)]
     bar.close()
     meta = {"generator": "scireid.synthetic", "version": GENERATOR_VERSION, "ids": ids, "seed": seed, "cameras": cameras,
             "outfit_catalogue": len(catalogue), "images": n_written,
-            "identities": [asdict(p) for p in people], "catalogue": [asdict(o) for o in catalogue], "outfits_worn": worn}
+            "identities": [asdict(p) for p in people], "catalogue": [asdict(o) for o in catalogue], "outfits_worn": worn,
+            "val_ids": n_val, "val_identities": [asdict(p) for p in val_people], "val_outfits_worn": val_worn}
     (out / "synthetic.json").write_text(json.dumps(meta, indent=1))
     log.info("synthetic dataset: %s images in %s", n_written, out)
+    return out
+
+
+def generate_complete(out: str | Path, ids: int = 120, seed: int = 0, val_ids: int | None = None) -> Path:
+    """``generate`` into OUT.partial, renamed to OUT only when complete: a full disk or a kill never
+    leaves a folder that looks like a dataset. OUT must not exist or be empty."""
+    import shutil
+
+    from .records import DatasetError
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(f"{out}: already exists and is not an empty folder; choose another output folder")
+    if ids < 2 or (val_ids is not None and val_ids < 0):
+        raise DatasetError(f"--ids {ids} / --val-ids {val_ids}: expected at least 2 identities and val-ids >= 0")
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        generate(tmp, ids=ids, seed=seed, progress=True, val_ids=val_ids)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DatasetError(f"{out}: could not write the synthetic set ({e.strerror or e}); nothing was left behind") from None
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
     return out
 
 

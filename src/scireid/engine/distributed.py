@@ -25,6 +25,24 @@ class DistContext:
         return self.world > 1
 
 
+def resolve_device(device: str | None, what: str = "--device") -> torch.device:
+    """auto/None, cpu, cuda or cuda:N, checked against what this machine has: one line otherwise."""
+    import re
+
+    from ..errors import ConfigError
+    device = device or "auto"
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"{what} {device}: expected auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{what} {device}: no CUDA device is visible; use cpu")
+        if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise ConfigError(f"{what} {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device(device)
+
+
 def setup(device: str = "auto") -> DistContext:
     """Read torchrun's environment; start the process group once."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

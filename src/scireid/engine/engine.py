@@ -52,7 +52,9 @@ class Engine:
     def ckpt_dir(self, task: Task) -> Path:
         return self.run_dir / task.name / "last"
 
-    def _save(self, task: Task, epoch: int, batch: int, scaler) -> None:
+    def _save(self, task: Task, epoch: int, batch: int, scaler, pending: dict[str, Any] | None = None) -> None:
+        """``pending``: the epoch's training record whose end-of-epoch work (evaluation, model_best, the
+        metrics row) has not happened yet; a resume does that work before it trains on."""
         if not self.ctx.is_main:
             return
         state = {
@@ -62,9 +64,12 @@ class Engine:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        save_state(self.ckpt_dir(task), task.model, task.meta() | {"epoch": epoch, "batch": batch}, state)
+        meta = task.meta() | {"epoch": epoch, "batch": batch}
+        if pending is not None:
+            meta["pending_epoch_end"] = pending
+        save_state(self.ckpt_dir(task), task.model, meta, state)
 
-    def _resume(self, task: Task, scaler) -> tuple[int, int]:
+    def _resume(self, task: Task, scaler) -> tuple[int, int, dict[str, Any] | None]:
         d = self.ckpt_dir(task)
         from .checkpoint import recover
         if self.ctx.is_main:
@@ -73,7 +78,7 @@ class Engine:
             import torch.distributed as dist
             dist.barrier()
         if not (d / "state.pt").is_file():
-            return 0, 0
+            return 0, 0, None
         from .checkpoint import load_weights
 
         meta = load_weights(d / "model.safetensors", task.model)
@@ -89,16 +94,20 @@ class Engine:
         if st["cuda_rng"]:
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         log.info("%s: resuming at epoch %d, batch %d from %s", task.name, st["epoch"] + 1, st["batch"], d)
-        return st["epoch"], st["batch"]
+        return st["epoch"], st["batch"], meta.get("pending_epoch_end")
 
     def run(self, task: Task, resume: bool = False) -> int:
         """Train ``task`` to its last epoch; returns how many epochs this call ran."""
         scaler = None
         if self.amp and not torch.cuda.is_bf16_supported():
             scaler = torch.amp.GradScaler("cuda")
-        start_epoch, start_batch = self._resume(task, scaler) if resume else (0, 0)
-        metrics_path = self.run_dir / "metrics.jsonl"
+        start_epoch, start_batch, pending = self._resume(task, scaler) if resume else (0, 0, None)
         ran = 0
+        if pending is not None:  # killed after the epoch's checkpoint, before its evaluation / metrics row
+            log.info("%s: finishing epoch %d (evaluation, metrics) before training on", task.name, start_epoch)
+            task.set_epoch(start_epoch - 1, 0)
+            self._end_epoch(task, start_epoch - 1, dict(pending), scaler, saved=True)
+            ran += 1
         for epoch in range(start_epoch, task.epochs):
             ran += 1
             n_batches = task.set_epoch(epoch, start_batch)
@@ -139,30 +148,39 @@ class Engine:
             record: dict[str, Any] = {"stage": task.name, "epoch": epoch + 1,
                                       **{k: v / max(n_steps, 1) for k, v in sums.items()},
                                       "img_per_s": n_img / max(dt, 1e-9), "seconds": dt}
-            # checkpoint before evaluating: a failure in evaluation never costs the epoch's training
-            save_now = (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == task.epochs
-            if save_now:
-                self._save(task, epoch + 1, 0, scaler)
-            extra = task.end_epoch(epoch)
-            record.update(extra)
-            if save_now and "eval" in extra:
-                self._save(task, epoch + 1, 0, scaler)  # again, so the best-epoch record survives a resume
-            if self.ctx.is_main:
-                log.info("%s epoch %d/%d: %s", task.name, epoch + 1, task.epochs,
-                         ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if self.tb is not None:
-                    for k, v in record.items():
-                        if isinstance(v, (int, float)) and k not in ("epoch",):
-                            self.tb.add_scalar(f"{task.name}/{k}", v, epoch + 1)
-                        elif isinstance(v, dict):
-                            for proto, res in v.items():
-                                if isinstance(res, dict):
-                                    for m in ("R-1", "mAP"):
-                                        if m in res:
-                                            self.tb.add_scalar(f"{task.name}/{proto}/{m}", res[m], epoch + 1)
+            self._end_epoch(task, epoch, record, scaler, saved=False)
         return ran
+
+    def _end_epoch(self, task: Task, epoch: int, record: dict[str, Any], scaler, saved: bool) -> None:
+        """Checkpoint (marked pending), evaluate, checkpoint again, then the metrics row (one per epoch).
+
+        The first checkpoint means a failure in evaluation never costs the epoch's training; its
+        pending mark means a resume evaluates the epoch instead of skipping it, so a killed run
+        selects the same model_best and keeps the same rows as an uninterrupted one.
+        """
+        save_now = (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == task.epochs
+        if save_now and not saved:
+            self._save(task, epoch + 1, 0, scaler, pending=record)
+        extra = task.end_epoch(epoch)
+        record.update(extra)
+        if save_now and "eval" in extra:
+            # evaluated: clear the pending mark, so the best-epoch record survives a resume. (An epoch without
+            # evaluation stays marked; a resume repeats its cheap end-of-epoch work and rewrites the same row.)
+            self._save(task, epoch + 1, 0, scaler)
+        if self.ctx.is_main:
+            log.info("%s epoch %d/%d: %s", task.name, epoch + 1, task.epochs,
+                     ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
+            write_metrics_row(self.run_dir / "metrics.jsonl", record)
+            if self.tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k not in ("epoch",):
+                        self.tb.add_scalar(f"{task.name}/{k}", v, epoch + 1)
+                    elif isinstance(v, dict):
+                        for proto, res in v.items():
+                            if isinstance(res, dict):
+                                for m in ("R-1", "mAP"):
+                                    if m in res:
+                                        self.tb.add_scalar(f"{task.name}/{proto}/{m}", res[m], epoch + 1)
 
     def _backward_step(self, task: Task, loss: torch.Tensor, scaler) -> None:
         opt = task.optimizers()["main"]
@@ -183,3 +201,26 @@ def _check_spec(saved: dict[str, Any], current: dict[str, Any], where: Path) -> 
         if key in a and key in b and a[key] != b[key]:
             from ..errors import CheckpointError
             raise CheckpointError(f"{where}: checkpoint has {key}={a[key]!r} but the config gives {b[key]!r}")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a line cut short by a kill or a full disk is skipped, not fatal."""
+    rows = []
+    if not Path(path).is_file():
+        return rows
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def write_metrics_row(path: Path, record: dict[str, Any]) -> None:
+    """One row per (stage, epoch): a resumed epoch replaces its row, a broken line is dropped, atomically."""
+    from ..io_utils import atomic_write_text
+    key = (record.get("stage"), record.get("epoch"))
+    rows = [r for r in read_metrics(path) if (r.get("stage"), r.get("epoch")) != key] + [record]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -34,7 +34,7 @@ def evaluate_model(model, ds: ReIDDataset, cfg: Config, ctx: DistContext) -> dic
     results = run_protocols(ds, feats, rerank=cfg.eval.rerank, chunk=cfg.eval.chunk)
     proto, score = primary_metric(results)
     log.info("\n%s", format_table(results))
-    log.info("model selection metric: %s R-1 = %.1f", proto, score)
+    log.info("primary metric (%s): %s R-1 = %.1f", ds.name, proto, score)
     return {"results": results, "protocol": proto, "score": score}
 
 
@@ -61,7 +61,8 @@ def evaluate_run(run_or_ckpt: str | Path, overrides: list[str] | tuple[str, ...]
     if "config" not in meta or "spec" not in meta:
         raise CheckpointError(f"{ckpt}: checkpoint carries no config/spec metadata (not written by scireid)")
     cfg = apply_overrides(config_from_dict(meta["config"]), list(overrides))
-    spec = ModelSpec(**meta["spec"])
+    from ..models.sci import spec_from_meta
+    spec = spec_from_meta(meta, ckpt)
     if (cfg.data.height, cfg.data.width) != (spec.height, spec.width):
         raise CheckpointError(f"{ckpt}: trained at {spec.height}x{spec.width}, config asks {cfg.data.height}x{cfg.data.width}")
     ctx = setup(cfg.run.device)

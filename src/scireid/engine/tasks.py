@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..data.loading import ImageDataset, PKSampler, SeededSampler, build_transforms
 from ..data.records import ReIDDataset
-from ..losses import cal_loss, ce_smooth, supcon, triplet_hard
+from ..losses import cal_loss, ce_smooth, i2t_logits, supcon, triplet_hard
 from ..models.sci import SCIModel
 from .distributed import DistContext, all_reduce_mean_grads, gather_rows, gather_with_grad
 from .features import autocast
@@ -174,9 +174,9 @@ class Stage2Task:
         eps = c.label_smoothing
         l_id = ce_smooth(out["logits_g"], pids, eps) + ce_smooth(out["logits_p"], pids, eps)
         all_pids = gather_rows(pids, self.ctx)
-        l_tri = sum(triplet_hard(gather_with_grad(out[k], self.ctx), all_pids, c.triplet_margin)
+        l_tri = sum(triplet_hard(gather_with_grad(out[k], self.ctx), all_pids, c.triplet_margin, c.triplet_normalize)
                     for k in ("mid", "g", "p"))
-        logits_t = out["p"] @ m.prototypes.T  # raw dot products against every identity's prototype
+        logits_t = i2t_logits(out["p"], m.prototypes, c.i2t_logits, c.i2t_scale)  # against every identity's prototype
         l_i2t = ce_smooth(logits_t, pids, eps)
         loss = c.id_weight * l_id + c.triplet_weight * l_tri + c.i2t_weight * l_i2t
         terms = {"id": l_id.item(), "tri": l_tri.item(), "i2t": l_i2t.item(),
@@ -189,7 +189,11 @@ class Stage2Task:
             l_cc.backward()
             all_reduce_mean_grads(m.clothes_classifier.parameters(), self.ctx)
             self.opt_cc.step()
-            terms.update(clothes_ce=l_cc.item(), clothes_acc=float((cc.argmax(1) == clothes).float().mean()))
+            own = self.pid2clothes[pids]  # what CAL is meant to remove: telling apart one identity's own outfits
+            within = cc.detach().masked_fill(~own, float("-inf")).argmax(1) == clothes
+            terms.update(clothes_ce=l_cc.item(), clothes_acc=float((cc.argmax(1) == clothes).float().mean()),
+                         clothes_acc_within=float(within.float().mean()),
+                         clothes_within_chance=float((1.0 / own.sum(1).float()).mean()))
         if self.cal_active(epoch):
             # 2) the adversarial loss uses the just-updated classifier on the live features
             l_cal = cal_loss(m.clothes_classifier(out["bn"]), clothes, self.pid2clothes[pids], c.cal_scale, c.cal_epsilon)
@@ -206,9 +210,12 @@ class Stage2Task:
             res = self.evaluate(epoch)
             if res:
                 rec["eval"] = res["results"]
+                if "val" in res:
+                    rec["val"] = res["val"]
                 self.last_eval = res
                 if not self.best or res["score"] > self.best["score"]:
-                    self.best = {"score": res["score"], "protocol": res["protocol"], "epoch": epoch + 1}
+                    self.best = {"score": res["score"], "protocol": res["protocol"], "epoch": epoch + 1,
+                                 "split": res.get("split", "test")}
                     rec["is_best"] = True
         return rec
 

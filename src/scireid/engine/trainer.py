@@ -29,7 +29,8 @@ log = logging.getLogger("scireid")
 def model_spec(cfg: Config, ds: ReIDDataset) -> ModelSpec:
     m = cfg.model
     return ModelSpec(m.arch, ds.num_train_pids, ds.num_train_clothes, cfg.data.height, cfg.data.width, m.n_ctx,
-                     m.sse, m.sim, m.sim_attention, m.sim_pooling, m.sim_heads)
+                     m.sse, m.sim, m.sim_attention, m.sim_pooling, m.sim_heads, m.sim_residual,
+                     m.test_feature)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -115,7 +116,7 @@ def train(cfg: Config, stage: str = "all", resume: bool = False) -> dict[str, An
     ctx = setup(cfg.run.device)
     if not ctx.is_main:
         return _train(cfg, stage, resume, ctx)
-    check_out_dir(cfg.run.out)
+    check_out_dir(cfg.run.out, resume=resume)
     with RunLock(cfg.run.out):
         return _train(cfg, stage, resume, ctx)
 
@@ -123,7 +124,11 @@ def train(cfg: Config, stage: str = "all", resume: bool = False) -> dict[str, An
 def _train(cfg: Config, stage: str, resume: bool, ctx: DistContext) -> dict[str, Any]:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     ds = load_dataset(cfg)
+    if resume:
+        check_resume_data(Path(cfg.run.out), ds)
     run = prepare_run_dir(cfg, resume, ctx, stage)
+    if ctx.is_main and not (run / "data.json").exists():
+        atomic_write_json(run / "data.json", {"root": str(ds.root), "fingerprint": fingerprint(ds)})
     spec = model_spec(cfg, ds)
     log.info("dataset %s: %d train images, %d identities, %d clothes; model %s (sse=%s sim=%s cal=%s)", ds.name,
              len(ds.train), ds.num_train_pids, ds.num_train_clothes, spec.arch, spec.sse, spec.sim, cfg.stage2.cal)
@@ -155,6 +160,25 @@ def _train(cfg: Config, stage: str, resume: bool, ctx: DistContext) -> dict[str,
     return result
 
 
+def check_resume_data(run: Path, ds: ReIDDataset) -> None:
+    """--resume continues on the images the run started with, or stops in one line."""
+    from ..data.source import same_data
+    from ..errors import DatasetError
+    if not (run / "config.yaml").exists():
+        raise ConfigError(f"--resume --out {run}: no run there to resume (no config.yaml); check the folder, or "
+                          f"drop --resume to start a new run")
+    expected = None
+    if (run / "data.json").is_file():
+        from ..io_utils import read_json
+        expected = read_json(run / "data.json").get("fingerprint")
+    elif (run / "stage1.safetensors").is_file():
+        from .checkpoint import read_meta
+        expected = read_meta(run / "stage1.safetensors").get("data_fingerprint")
+    if expected and not same_data(ds, expected):
+        raise DatasetError(f"data changed since {run} started: {ds.root} now holds other images ({len(ds.train)} train / "
+                           f"{len(ds.test)} test); restore the data or start a new run with another --out")
+
+
 def _same_spec(saved: dict, spec: ModelSpec, where: Path) -> None:
     for k, v in spec.to_dict().items():
         if k in saved and saved[k] != v:
@@ -169,9 +193,12 @@ def run_stage1(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
     from ..io_utils import atomic_write
     feats = None
     if cache.exists():
-        c = load_file(str(cache))
-        if c["feats"].shape[0] == len(ds.train):
-            feats = c["feats"]
+        try:
+            c = load_file(str(cache))
+            if c["feats"].shape[0] == len(ds.train):
+                feats = c["feats"]
+        except Exception as e:  # a cache, not a result: rebuild it
+            log.warning("%s is unreadable (%s); recomputing the stage-1 image features", cache, str(e).splitlines()[0])
     if feats is None:
         feats = stage1_features(model, ds, cfg, ctx)
         if ctx.is_main:
@@ -196,8 +223,18 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
     meta_base = {"spec": model.spec.to_dict(), "config": cfg.to_dict(), "data_fingerprint": fingerprint(ds),
                  "pixel_mean": cfg.data.pixel_mean, "pixel_std": cfg.data.pixel_std}
 
+    val_ds = ds.validation()
+
     def evaluate(epoch: int) -> dict[str, Any] | None:
+        """Test metrics for the record; model selection on the validation split when the data has one."""
         res = evaluate_model(model, ds, cfg, ctx)
+        if val_ds is not None:
+            log.info("validation split (%d images): model selection", len(val_ds.test))
+            val = evaluate_model(model, val_ds, cfg, ctx)
+            if res is not None and val is not None:
+                res = res | {"val": val["results"], "protocol": val["protocol"], "score": val["score"], "split": "val"}
+        elif res is not None:
+            res["split"] = "test"
         if res is None:
             return None
         if ctx.is_main and (not task.best or res["score"] > task.best["score"]):
@@ -225,8 +262,10 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
                      meta_base | {"stage": "stage2", "epoch": cfg.stage2.epochs, "results": last_eval.get("results", {})})
         result = {"last": last_eval.get("results", {}), "best": task.best, "selection": last_eval.get("protocol")}
         atomic_write_json(run / "results.json", result)
+        if last_eval.get("val"):
+            result["last_val"] = last_eval["val"]
         if task.best:
-            log.info("best checkpoint by %s R-1: epoch %d (%.1f); last epoch reported above", task.best["protocol"],
-                     task.best["epoch"], task.best["score"])
+            log.info("best checkpoint by %s %s R-1: epoch %d (%.1f); last epoch reported above",
+                     task.best.get("split", "test"), task.best["protocol"], task.best["epoch"], task.best["score"])
     barrier(ctx)
     return result

@@ -31,9 +31,26 @@ class ModelSpec:
     sim_attention: str = "nonlocal"
     sim_pooling: str = "mean"
     sim_heads: int = 8
+    sim_residual: str = "absolute"
+    test_feature: str = "concat"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def spec_from_meta(meta: dict, where: object) -> ModelSpec:
+    """The checkpoint's model spec, or one line naming the file when its metadata is not scireid's."""
+    from ..errors import CheckpointError
+    spec = meta.get("spec")
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{where}: not a scireid checkpoint (its metadata has no model spec)")
+    try:
+        return ModelSpec(**spec)
+    except TypeError:
+        import dataclasses
+        need = [f.name for f in dataclasses.fields(ModelSpec) if f.default is dataclasses.MISSING]
+        raise CheckpointError(f"{where}: its model spec is incomplete or foreign (has {sorted(spec)[:8]}, needs "
+                              f"{need}); expected a checkpoint written by scireid train") from None
 
 
 def _bn_neck(dim: int) -> nn.BatchNorm1d:
@@ -76,7 +93,8 @@ class SCIModel(nn.Module):
                                               n_ctx=spec.n_ctx, context_length=ctx_len)
                                 if spec.sse else None)
         v = self.visual
-        self.sim = SIM(v.map_dim, v.proj_dim, spec.sim_attention, spec.sim_pooling, spec.sim_heads) if spec.sim else None
+        self.sim = SIM(v.map_dim, v.proj_dim, spec.sim_attention, spec.sim_pooling, spec.sim_heads,
+                       spec.sim_residual) if spec.sim else None
         # per-identity text prototypes (T_ort with SSE, else T_id), fixed after stage 1
         self.register_buffer("prototypes", torch.zeros(spec.num_pids, v.proj_dim))
         self.bottleneck = _bn_neck(v.map_dim)
@@ -131,7 +149,11 @@ class SCIModel(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.image_features(x)
         g, p = f["g"].float(), f["p"].float()
-        out = {"mid": f["mid"].float(), "g": g, "p": p, "feat": torch.cat([g, p], dim=1)}
+        if self.spec.test_feature == "balanced":  # each half on the unit sphere, so neither dominates the ranking
+            feat = torch.cat([F.normalize(g, dim=1), F.normalize(p, dim=1)], dim=1)
+        else:
+            feat = torch.cat([g, p], dim=1)
+        out = {"mid": f["mid"].float(), "g": g, "p": p, "feat": feat}
         if self.training:
             bn_g, bn_p = self.bottleneck(g), self.bottleneck_proj(p)
             out.update(bn=torch.cat([bn_g, bn_p], 1), logits_g=self.classifier(bn_g), logits_p=self.classifier_proj(bn_p))
@@ -139,7 +161,7 @@ class SCIModel(nn.Module):
 
     @torch.no_grad()
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """L2-normalised test feature concat(g, p') before the BN necks (CLIP-ReID's convention)."""
+        """L2-normalised test feature concat(g, p') before the BN necks (CLIP-ReID's convention; see test_feature)."""
         return F.normalize(self.forward(x)["feat"], dim=1)
 
     def freeze_text(self) -> None:

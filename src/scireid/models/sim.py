@@ -80,8 +80,10 @@ class TextVisualCrossAttention(nn.Module):
 
 
 class SIM(nn.Module):
-    def __init__(self, vis_dim: int, text_dim: int, attention: str = "nonlocal", pooling: str = "mean", heads: int = 8):
+    def __init__(self, vis_dim: int, text_dim: int, attention: str = "nonlocal", pooling: str = "mean", heads: int = 8,
+                 residual: str = "absolute"):
         super().__init__()
+        self.residual = residual
         self.context = NonLocal(vis_dim) if attention == "nonlocal" else SelfAttention2d(vis_dim, heads)
         self.cross = TextVisualCrossAttention(text_dim, vis_dim, pooling)
         self.gamma = nn.Parameter(torch.zeros(()))  # eq. 17 gate, starts closed
@@ -90,8 +92,16 @@ class SIM(nn.Module):
         return self.context(x)
 
     def update(self, p: torch.Tensor, z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-        """p' = p + gamma * r (eq. 17). No label enters: train and test run the same path."""
-        return p + self.gamma * self.cross(protos.to(z.dtype), z, p).to(p.dtype)
+        """p' = p + gamma * r (eq. 17). No label enters: train and test run the same path.
+
+        ``relative``: p' = p + gamma * |p| * r / |r|, so gamma is the fraction of |p| SIM moves. With a
+        backbone whose |p| is ~600x |r| (the synthetic prior), eq. 17 as written cannot move p at any
+        sensible gamma. The norm |p| is a scale, not a path for gradients (detached).
+        """
+        r = self.cross(protos.to(z.dtype), z, p).to(p.dtype)
+        if self.residual == "relative":
+            r = r * (p.norm(dim=1, keepdim=True).detach() / r.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        return p + self.gamma * r
 
 
 __all__ = ["NonLocal", "SelfAttention2d", "TextVisualCrossAttention", "SIM"]

@@ -60,6 +60,14 @@ def pretrain_config(overrides: list[str] | tuple[str, ...] = ()) -> PretrainConf
             raise ConfigError(f"{k}={getattr(cfg, k)}: expected a positive integer")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ConfigError(f"lr={cfg.lr}: expected a positive number")
+    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+        raise ConfigError(f"weight_decay={cfg.weight_decay}: expected a number >= 0")
+    for k in ("warmup_steps", "threads", "stop_after_steps"):
+        if getattr(cfg, k) < 0:
+            raise ConfigError(f"{k}={getattr(cfg, k)}: expected an integer >= 0")
+    if cfg.batch_size > cfg.images:
+        raise ConfigError(f"batch_size={cfg.batch_size} images={cfg.images}: not one full batch per epoch (0 steps); "
+                          f"use batch_size <= images")
     if cfg.height % 32 or cfg.width > cfg.height:
         raise ConfigError(f"height={cfg.height} width={cfg.width}: height must be a multiple of 32 and width <= height")
     from ..models.backbone import model_config
@@ -192,6 +200,9 @@ def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, command
         torch.set_num_threads(cfg.threads)
     with RunLock(out):
         saved = out / "pretrain.json"
+        if not resume and saved.exists():
+            raise ConfigError(f"--out {out} already holds a pretraining run ({saved}); pass --resume to continue it or "
+                              f"choose another --out")
         if resume and saved.exists():
             old = json.loads(saved.read_text())
             now = dataclasses.asdict(cfg)

@@ -1,0 +1,150 @@
+"""Nothing silently wrong, nothing lost: kills during evaluation, changed data, broken run files."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import scireid
+from scireid.cli import main
+from scireid.engine.trainer import train
+from conftest import tiny_cfg
+from test_faults import one_line_error, train_args
+
+
+def _eval_rows(run):
+    return [(r["epoch"], r["eval"]["cloth-changing"]["R-1"], r["val"]["cloth-changing"]["R-1"])
+            for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
+
+
+def test_kill_during_evaluation_still_selects_the_same_best_model(data_root, tmp_path, monkeypatch):
+    """The epoch killed while being evaluated is evaluated on --resume, not skipped."""
+    import scireid.engine.evaluation as ev
+    args = ("stage2.epochs=3", "run.deterministic=true", "stage2.milestones=[3]")
+    ref = tmp_path / "ref"
+    train(tiny_cfg(data_root, ref, *args))
+    out = tmp_path / "killed"
+    real, calls = ev.evaluate_model, {"n": 0}
+
+    def killed_at_third_call(*a, **k):  # epoch 1: test, val; epoch 2: test -> killed
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed during evaluation")
+        return real(*a, **k)
+    monkeypatch.setattr(ev, "evaluate_model", killed_at_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(data_root, out, *args))
+    monkeypatch.setattr(ev, "evaluate_model", real)
+    train(tiny_cfg(data_root, out, *args), resume=True)
+    assert _eval_rows(out) == _eval_rows(ref) and [e for e, *_ in _eval_rows(out)] == [1, 2, 3]
+    assert json.loads((out / "results.json").read_text()) == json.loads((ref / "results.json").read_text())
+    a, b = load_file(str(out / "model_best.safetensors")), load_file(str(ref / "model_best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    best = json.loads((out / "results.json").read_text())["best"]
+    assert best["split"] == "val"  # the synthetic set has a validation split: selection never reads the test queries
+
+
+def test_resume_refuses_changed_data_and_missing_run(data_root, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # a run killed after its first step
+        main(train_args(data, out, "run.stop_after_steps=1"))
+    sorted((data / "train").glob("*.png"))[0].unlink()
+    one_line_error(capsys, train_args(data, out) + ["--resume"], "data changed since", str(out))
+    one_line_error(capsys, train_args(data, tmp_path / "typo") + ["--resume"], "no run to resume")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_replaced_image_changes_the_fingerprint(data_root, tmp_path):
+    from scireid.data.datasets import build_dataset
+    from scireid.data.source import fingerprint, same_data
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    ds = build_dataset("synthetic", data)
+    fp = fingerprint(ds)
+    img = sorted((data / "test").glob("*.png"))[3]
+    img.write_bytes(sorted((data / "test").glob("*.png"))[9].read_bytes())  # another picture, same name
+    assert not same_data(build_dataset("synthetic", data), fp)
+    old_style = fingerprint(ds, sizes=False)  # checkpoints written before sizes were hashed still match
+    assert not old_style.startswith("v2:") and same_data(build_dataset("synthetic", data), old_style)
+
+
+def test_broken_metrics_and_results_files(full_run, tmp_path, capsys):
+    from scireid.engine.engine import read_metrics, write_metrics_row
+    run, _ = full_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".scireid.lock"))
+    m = copy / "metrics.jsonl"
+    m.write_text(m.read_text()[:-25])  # the last row cut short by a kill
+    rows = read_metrics(m)
+    assert rows and all(isinstance(r, dict) for r in rows)
+    write_metrics_row(m, {"stage": "stage2", "epoch": 99, "x": 1.0})  # the broken line is dropped, not appended to
+    assert all(json.loads(x) for x in m.read_text().splitlines())
+    write_metrics_row(m, {"stage": "stage2", "epoch": 99, "x": 2.0})  # one row per epoch
+    assert [r["x"] for r in read_metrics(m) if r.get("epoch") == 99] == [2.0]
+    (copy / "results.json").write_text("")
+    one_line_error(capsys, ["report", str(copy)], "results.json: empty", "--resume")
+
+
+def test_truncated_stage1_cache_is_rebuilt(data_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(data_root, out), stage="1")
+    cache = out / "stage1_features.safetensors"
+    good = load_file(str(cache))["feats"].clone()  # load_file maps the file: copy before it is cut
+    (out / "stage1.safetensors").unlink()
+    cache.write_bytes(cache.read_bytes()[:100])
+    train(tiny_cfg(data_root, out), stage="1", resume=True)
+    torch.testing.assert_close(load_file(str(cache))["feats"], good)
+
+
+def test_foreign_or_partial_checkpoint_metadata_is_one_line(data_root, tmp_path, capsys):
+    from safetensors.torch import save_file
+    from scireid.errors import CheckpointError
+    p = tmp_path / "partial.safetensors"
+    save_file({"w": torch.zeros(2)}, str(p), metadata={"spec": json.dumps({"arch": "tiny-rn"})})
+    with pytest.raises(CheckpointError, match="incomplete or foreign"):
+        scireid.load(p)
+    one_line_error(capsys, ["embed", str(p), str(data_root / "query"), "--out", str(tmp_path / "f.npy")],
+                   "incomplete or foreign")
+
+
+@pytest.mark.parametrize("device,needle", [("tpu", "expected auto, cpu, cuda"), ("cuda:7", "cuda")])
+def test_embed_device_is_checked_in_one_line(full_run, data_root, tmp_path, capsys, device, needle):
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the device")
+    run, _ = full_run
+    one_line_error(capsys, ["embed", str(run), str(data_root / "query"), "--out", str(tmp_path / "f.npy"),
+                            "--device", device], needle)
+
+
+def test_pretrain_never_overwrites_a_prior(tmp_path, capsys):
+    from scireid.prior.pretrain import PretrainConfig
+    out = tmp_path / "prior"
+    out.mkdir()
+    (out / "pretrain.json").write_text(json.dumps({"arch": "tiny-prior"}))
+    before = (out / "pretrain.json").read_text()
+    one_line_error(capsys, ["pretrain", "--out", str(out), "arch=tiny-prior", "height=32", "width=16", "images=64", "batch_size=32",
+                            "eval_images=16"], "already holds a pretraining run", "--resume")
+    assert (out / "pretrain.json").read_text() == before
+    for bad, needle in (("batch_size=128", "0 steps"), ("weight_decay=-1", "weight_decay=-1"),
+                        ("warmup_steps=-5", "warmup_steps=-5")):
+        one_line_error(capsys, ["pretrain", "--out", str(tmp_path / "new"), "arch=tiny-prior", "height=32", "width=16", "images=64", bad], needle)
+    assert PretrainConfig().batch_size > 0
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["search", "IDX", "q.png", "--topk", "0"], "--topk 0"), (["search", "IDX", "q.png", "--topk", "-1"], "--topk -1"),
+    (["embed", "RUN", "x", "--out", "f.npy", "--workers", "-1"], "--workers -1"),
+    (["analyze", "retrieval", "RUN", "--queries", "0"], "--queries 0"),
+    (["analyze", "retrieval", "RUN", "--topk", "-1"], "--topk -1"),
+])
+def test_counts_are_checked_before_any_work(tmp_path, capsys, argv, needle):
+    one_line_error(capsys, argv, needle)
+
+
+def test_unknown_protocol_is_one_line(full_run, capsys):
+    run, _ = full_run
+    one_line_error(capsys, ["analyze", "retrieval", str(run), "--protocol", "nope"], "no protocol 'nope'",
+                   "cloth-changing")
