@@ -260,6 +260,8 @@ def test_cli_index_search_html_and_fingerprint(full_run, gallery, data_root, tmp
     for name in ("model_best.safetensors",):
         sd, meta = load_file(str(other / name)), read_meta(other / name)
         sd = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in sd.items()}
+        from scireid.engine.checkpoint import tensors_sha256
+        meta["tensor_sha256"] = tensors_sha256(sd)  # another model, properly written
         save_file(sd, str(other / name), metadata={k: json.dumps(v) for k, v in meta.items()})
     capsys.readouterr()
     assert main(["search", str(tmp_path / "idx"), str(query), "--model", str(other)]) == 2

@@ -148,3 +148,85 @@ def test_unknown_protocol_is_one_line(full_run, capsys):
     run, _ = full_run
     one_line_error(capsys, ["analyze", "retrieval", str(run), "--protocol", "nope"], "no protocol 'nope'",
                    "cloth-changing")
+
+
+def test_garbled_weights_are_refused(full_run, tmp_path, capsys):
+    run, _ = full_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".scireid.lock"))
+    f = copy / "model_best.safetensors"
+    raw = bytearray(f.read_bytes())
+    mid = len(raw) - 4096  # inside the tensor data, past the header
+    raw[mid:mid + 32] = bytes(32)
+    f.write_bytes(bytes(raw))
+    one_line_error(capsys, ["eval", str(copy)], "model_best.safetensors", "checksum")
+
+
+@pytest.fixture
+def index_dir(full_run, data_root, tmp_path):
+    run, _ = full_run
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(run), str(data_root / "test"), "--out", str(out)]) == 0
+    return out
+
+
+def test_index_files_are_verified_and_broken_ones_named(index_dir, data_root, capsys):
+    from scireid.deploy.index import Index
+    cur = index_dir / (index_dir / "CURRENT").read_text().strip()
+    q = str(sorted((data_root / "query").glob("*.png"))[0])
+    f = cur / "index.faiss"
+    raw = bytearray(f.read_bytes())
+    raw[-200:-136] = bytes(64)
+    f.write_bytes(bytes(raw))
+    one_line_error(capsys, ["search", str(index_dir), q], "index.faiss", "checksum")
+    f.write_bytes(bytes(raw[:100]))  # truncated
+    one_line_error(capsys, ["search", str(index_dir), q], "index.faiss")
+    meta = cur / "index.json"
+    meta.write_text(meta.read_text()[:30])
+    one_line_error(capsys, ["search", str(index_dir), q], "index.json: corrupt")
+    assert not Index.exists(index_dir.parent / "nothing")
+
+
+def test_index_add_is_atomic_and_refuses_other_models_before_embedding(index_dir, full_run, data_root, tmp_path,
+                                                                       monkeypatch, capsys):
+    import scireid.deploy.index as ix
+    from scireid.deploy.index import Index
+    n0 = len(Index.load(index_dir))
+    real = ix.atomic_write_text
+
+    def killed_at_the_switch(path, text):
+        if path.name == "CURRENT":
+            raise KeyboardInterrupt("killed before the switch")
+        return real(path, text)
+    monkeypatch.setattr(ix, "atomic_write_text", killed_at_the_switch)
+    with pytest.raises(KeyboardInterrupt):
+        main(["index", "add", str(index_dir), str(data_root / "query")])
+    monkeypatch.undo()
+    assert len(Index.load(index_dir)) == n0  # the previous index is whole
+    assert main(["index", "add", str(index_dir), str(data_root / "query")]) == 0
+    idx = Index.load(index_dir)
+    assert len(idx) == n0 + len(list((data_root / "query").glob("*.png"))) and len(idx.rows) == len(idx)
+    assert sorted(p.name for p in index_dir.iterdir() if not p.name.startswith(".scireid")) == ["CURRENT", "v3"]
+    # another model's run is refused before a single image is embedded
+    import scireid.deploy.embed as em
+    other = tmp_path / "other"
+    shutil.copytree(full_run[0], other, ignore=shutil.ignore_patterns(".scireid.lock"))
+    from safetensors.torch import load_file, save_file
+    from scireid.engine.checkpoint import read_meta, tensors_sha256
+    for name in ("model_best.safetensors",):
+        sd, meta = load_file(str(other / name)), read_meta(other / name)
+        sd = {k: (v * 1.5 if v.is_floating_point() else v) for k, v in sd.items()}
+        meta["tensor_sha256"] = tensors_sha256(sd)
+        save_file(sd, str(other / name), metadata={k: json.dumps(v) for k, v in meta.items()})
+
+    def no_embedding(*a, **k):
+        raise AssertionError("embedded before the model check")
+    monkeypatch.setattr(em, "embed", no_embedding)
+    one_line_error(capsys, ["index", "add", str(index_dir), str(data_root / "query"), "--model", str(other)],
+                   "cannot be mixed")
+
+
+def test_concurrent_index_writers_are_refused(index_dir, data_root, capsys):
+    from scireid.engine.rundir import RunLock
+    with RunLock(index_dir):  # another process's add in progress
+        one_line_error(capsys, ["index", "add", str(index_dir), str(data_root / "query")], str(index_dir))

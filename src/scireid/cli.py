@@ -134,26 +134,34 @@ def _embed_for_index(a, out_feats):
 
 
 def cmd_index(a) -> int:
+    """build / add under the index folder's lock: two writers never interleave, and every check that can
+    refuse the job (options, folder, the model of an existing index) runs before anything is embedded."""
     import tempfile
     from pathlib import Path
 
     from .deploy.index import Index, check_build_options
+    from .engine.rundir import RunLock, check_out_dir
     out = Path(a.index)
     if a.icmd == "build":
         check_build_options(a.kind, a.recall, a.store)
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-        feats, side, s = _embed_for_index(a, Path(tmp) / "feats.npy")
-        if a.icmd == "build":
-            if (out / "index.json").exists():
-                raise UserError(f"{out} already holds an index; use 'scireid index add' or another folder")
-            from .engine.rundir import check_out_dir
-            check_out_dir(out, marker="index.json")
-            idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model), recall=a.recall,
-                              store=a.store)
-        else:
+        if Index.exists(out):
+            raise UserError(f"{out} already holds an index; use 'scireid index add' or another folder")
+        check_out_dir(out, marker=("CURRENT", "index.json"))
+    elif not Index.exists(out):
+        raise UserError(f"{out}: no index there to add to; build one with 'scireid index build'")
+    with RunLock(out):
+        if a.icmd == "add":
+            from .deploy.backend import check_fingerprint, open_backend
             idx = Index.load(out)
-            idx.add(feats, side["rows"], side["fingerprint"])
-        idx.save(out)
+            check_fingerprint(open_backend(a.model, a.device).fingerprint, idx.fingerprint, f"index {out}")
+        with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+            feats, side, s = _embed_for_index(a, Path(tmp) / "feats.npy")
+            if a.icmd == "build":
+                idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model),
+                                  recall=a.recall, store=a.store)
+            else:
+                idx.add(feats, side["rows"], side["fingerprint"])
+            idx.save(out)
     rec = idx.params.get("recall@10_vs_exact")
     knobs = ", ".join(f"{k}={v}" for k, v in idx.settings.items())
     print(f"{out}: {len(idx)} vectors ({idx.kind}{' ' + knobs if knobs else ''}, {idx.dim}-d, model {idx.fingerprint})"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..io_utils import atomic_write, atomic_write_json
+from ..io_utils import atomic_write_json, atomic_write_text
 from .backend import check_fingerprint
 from .inputs import Item
 
@@ -269,15 +270,26 @@ class Index:
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
+        """Write a new version folder ``v<N>`` (files + checksums), then switch ``CURRENT`` to it in one rename.
+
+        A kill at any moment leaves ``CURRENT`` naming a complete version: the previous one until the
+        switch, the new one after it. Stray versions are removed by the next save. Callers hold the
+        folder's lock (``RunLock``), so two writers never interleave.
+        """
+        import shutil
+        import uuid
+
         faiss = _faiss()
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--out {folder}: a file, expected a folder for the index")
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / "index.faiss", lambda tmp: faiss.write_index(self.index, tmp))
-
-        def write_rows(tmp: str) -> None:
-            con = sqlite3.connect(tmp)
+        current = _current_version(folder)
+        tmp = folder / f".v.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.mkdir()
+        try:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            con = sqlite3.connect(tmp / "rows.sqlite")
             con.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, path TEXT, box TEXT, pid INTEGER, camid INTEGER, "
                         "clothes_id INTEGER, timestamp TEXT)")
             con.executemany("INSERT INTO rows VALUES (?,?,?,?,?,?,?)",
@@ -285,32 +297,89 @@ class Index:
                               r.get("clothes_id", -1), r.get("timestamp", "")) for i, r in enumerate(self.rows)))
             con.commit()
             con.close()
-        atomic_write(folder / "rows.sqlite", write_rows)
-        atomic_write_json(folder / "index.json", {"kind": self.kind, "dim": self.dim, "fingerprint": self.fingerprint,
-                                                  "count": len(self), "params": self.params, "model": self.model})
+            files = {n: _sha256(tmp / n) for n in ("index.faiss", "rows.sqlite")}
+            atomic_write_json(tmp / "index.json", {"kind": self.kind, "dim": self.dim, "fingerprint": self.fingerprint,
+                                                   "count": len(self), "params": self.params, "model": self.model,
+                                                   "sha256": files})
+            n = 1 + max([int(p.name[1:]) for p in folder.glob("v[0-9]*") if p.name[1:].isdigit()] or [0])
+            version = folder / f"v{n}"
+            os.replace(tmp, version)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_text(folder / "CURRENT", version.name + "\n")  # the switch
+        for p in folder.iterdir():  # older versions, earlier crashes' leftovers, the pre-version layout
+            if p != version and (p.name.startswith(("v", ".v.")) and p.is_dir()):
+                shutil.rmtree(p, ignore_errors=True)
+            elif current is None and p.name in ("index.faiss", "rows.sqlite", "index.json"):
+                p.unlink()
         return folder
 
+    @staticmethod
+    def exists(folder: str | Path) -> bool:
+        folder = Path(folder)
+        return (folder / "CURRENT").is_file() or (folder / "index.json").is_file()
+
     @classmethod
-    def load(cls, folder: str | Path) -> "Index":
+    def load(cls, folder: str | Path, verify: bool = True) -> "Index":
+        """The current version; with ``verify`` its files are checked against the recorded sha256 first."""
         faiss = _faiss()
         folder = Path(folder)
-        need = [folder / n for n in ("index.faiss", "rows.sqlite", "index.json")]
+        cur = _current_version(folder)
+        files = folder / cur if cur else folder  # indexes written before versions: the files themselves
+        need = [files / n for n in ("index.faiss", "rows.sqlite", "index.json")]
         missing = [p.name for p in need if not p.is_file()]
         if missing:
             raise UserError(f"{folder}: not a scireid index (missing {', '.join(missing)})")
-        meta = json.loads((folder / "index.json").read_text())
-        idx = faiss.read_index(str(folder / "index.faiss"))
-        con = sqlite3.connect(folder / "rows.sqlite")
-        rows = [{"path": p, "box": json.loads(b), "pid": pid, "camid": cam, "clothes_id": clo, "timestamp": ts}
-                for p, b, pid, cam, clo, ts in con.execute("SELECT path, box, pid, camid, clothes_id, timestamp "
-                                                          "FROM rows ORDER BY id")]
-        con.close()
+        try:
+            meta = json.loads((files / "index.json").read_text())
+            kind, dim, fp = meta["kind"], int(meta["dim"]), meta["fingerprint"]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{files / 'index.json'}: corrupt ({type(e).__name__}: {e}); rebuild the index") from None
+        for name, want in (meta.get("sha256") or {}).items():
+            if verify and _sha256(files / name) != want:
+                raise UserError(f"{files / name}: does not match the checksum recorded when the index was written "
+                                f"(corrupted or modified on disk); rebuild the index")
+        try:
+            idx = faiss.read_index(str(files / "index.faiss"))
+        except RuntimeError as e:
+            raise UserError(f"{files / 'index.faiss'}: unreadable ({str(e).strip().splitlines()[-1][:120]}); "
+                            f"rebuild the index") from None
+        try:
+            con = sqlite3.connect(files / "rows.sqlite")
+            rows = [{"path": p, "box": json.loads(b), "pid": pid, "camid": cam, "clothes_id": clo, "timestamp": ts}
+                    for p, b, pid, cam, clo, ts in con.execute("SELECT path, box, pid, camid, clothes_id, timestamp "
+                                                              "FROM rows ORDER BY id")]
+            con.close()
+        except (sqlite3.Error, json.JSONDecodeError) as e:
+            raise UserError(f"{files / 'rows.sqlite'}: unreadable ({e}); rebuild the index") from None
         if len(rows) != idx.ntotal:
             raise UserError(f"{folder}: index.faiss holds {idx.ntotal} vectors but rows.sqlite {len(rows)} rows")
+        if idx.d != dim:
+            raise UserError(f"{files / 'index.json'}: says dim {dim} but index.faiss holds {idx.d}-d vectors")
         params = meta.get("params", {})
-        if meta["kind"] in KNOB and KNOB[meta["kind"]] in params:  # the tuned setting, whatever faiss serialises
-            set_knob(idx, meta["kind"], params[KNOB[meta["kind"]]])
-        return cls(idx, meta["kind"], meta["dim"], meta["fingerprint"], rows, params, meta.get("model", ""))
+        if kind in KNOB and KNOB[kind] in params:  # the tuned setting, whatever faiss serialises
+            set_knob(idx, kind, params[KNOB[kind]])
+        return cls(idx, kind, dim, fp, rows, params, meta.get("model", ""))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _current_version(folder: Path) -> str | None:
+    p = folder / "CURRENT"
+    if not p.is_file():
+        return None
+    name = p.read_text().strip()
+    if not (name.startswith("v") and name[1:].isdigit() and (folder / name).is_dir()):
+        raise UserError(f"{p}: names {name!r}, which is not a version folder of this index; rebuild the index")
+    return name
 
 
 class Calibration:

@@ -22,9 +22,21 @@ from ..errors import CheckpointError
 from ..io_utils import atomic_write
 
 
+def tensors_sha256(sd: dict[str, torch.Tensor]) -> str:
+    """A hash of every tensor's name, dtype, shape and bytes: what ``load_weights`` checks a file against."""
+    import hashlib
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_weights(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     md = {k: json.dumps(v) for k, v in meta.items()}
+    md["tensor_sha256"] = json.dumps(tensors_sha256(sd))
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=md))
 
 
@@ -46,6 +58,10 @@ def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) 
         sd = load_file(str(path))
     except Exception as e:
         raise CheckpointError(f"{path}: truncated or corrupt weights ({str(e).splitlines()[0]})") from None
+    want = meta.get("tensor_sha256")
+    if want is not None and tensors_sha256(sd) != want:
+        raise CheckpointError(f"{path}: the weights do not match the checksum recorded when the file was written "
+                              f"(corrupted on disk or edited); use another checkpoint of the run")
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
