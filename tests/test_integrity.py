@@ -2,6 +2,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -230,3 +231,58 @@ def test_concurrent_index_writers_are_refused(index_dir, data_root, capsys):
     from scireid.engine.rundir import RunLock
     with RunLock(index_dir):  # another process's add in progress
         one_line_error(capsys, ["index", "add", str(index_dir), str(data_root / "query")], str(index_dir))
+
+
+def test_embed_never_mixes_another_jobs_chunks(full_run, data_root, tmp_path, monkeypatch):
+    import scireid.deploy.embed as em
+    from scireid.deploy.inputs import read_inputs
+    run, _ = full_run
+    out = tmp_path / "feats.npy"
+    real = em._assemble
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed before assembling")
+    monkeypatch.setattr(em, "_assemble", killed)
+    a_items = read_inputs([str(data_root / "test")])
+    with pytest.raises(KeyboardInterrupt):
+        em.embed(run, a_items, out, chunk=8, progress=False)
+    monkeypatch.setattr(em, "_assemble", real)
+    (tmp_path / "feats.npy.parts" / "job.json").unlink()  # as a kill during the old cleanup left it
+    b_items = read_inputs([str(data_root / "query")])
+    s = em.embed(run, b_items, out, chunk=8, progress=False)
+    assert [r["path"] for r in s["rows"]] == [it.path for it in b_items]
+    feats, side = em.load_features(out, mmap=False)
+    ref = scireid.load(run, device="cpu").embed([it.path for it in b_items]).numpy()
+    np.testing.assert_allclose(feats, ref, atol=1e-5)
+    assert not (tmp_path / "feats.npy.parts").exists() and not list(tmp_path.glob(".feats.npy.parts.done-*"))
+
+
+def test_embed_full_disk_is_one_line_and_leaves_no_temp_file(full_run, data_root, tmp_path, monkeypatch, capsys):
+    import builtins
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, k):
+            return getattr(self.f, k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if str(path).endswith(".tmp") and ".feats.npy." in str(path) and "b" in mode else f
+    run, _ = full_run
+    monkeypatch.setattr(builtins, "open", fake_open)
+    one_line_error(capsys, ["embed", str(run), str(data_root / "query"), "--out", str(tmp_path / "feats.npy")],
+                   "no space left", "feats.npy")
+    monkeypatch.undo()
+    assert not list(tmp_path.glob(".feats.npy.*.tmp")) and not (tmp_path / "feats.npy").exists()

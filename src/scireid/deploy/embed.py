@@ -16,6 +16,7 @@ import logging
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -96,17 +97,27 @@ def embed(model: str | Path, items: list[Item], out: str | Path, batch: int = 32
         raise UserError(f"--out {out}: {npy} is a folder; give a file name such as feats.npy")
     be = backend or open_backend(model, device)
     key = job_key(items, be.fingerprint, flip, chunk)
+    for old_done in parts.parent.glob(f".{parts.name}.done-*"):  # a finished job's cleanup that was killed
+        shutil.rmtree(old_done, ignore_errors=True)
     parts.mkdir(parents=True, exist_ok=True)
     job = parts / "job.json"
     if job.exists():
-        old = json.loads(job.read_text())
+        try:
+            old = json.loads(job.read_text())
+        except json.JSONDecodeError:
+            old = {}
         if old.get("key") != key:
             raise UserError(f"{parts} holds an unfinished job with other inputs, model or options; delete that folder "
                             f"or choose another --out")
     else:
+        stray = [p for p in parts.iterdir() if _chunk_key(p) != key]
+        if stray:  # chunks without their job record: leftovers, never mixed into this job's output
+            log.warning("%s: removing %d chunk file(s) of an earlier job whose record is gone", parts, len(stray))
+            for p in stray:
+                p.unlink()
         atomic_write_json(job, {"key": key, "model": str(model), "n_items": len(items)})
     n_chunks = -(-len(items) // chunk)
-    done = sum(1 for c in range(n_chunks) if (parts / f"part_{c:06d}.json").exists())
+    done = sum(1 for c in range(n_chunks) if _chunk_key(parts / f"part_{c:06d}.json") == key)
     if done:
         log.info("resuming: %d of %d chunks already embedded in %s", done, n_chunks, parts)
     bar = tqdm(total=len(items), initial=min(done * chunk, len(items)), unit="img", desc="embed",
@@ -114,7 +125,7 @@ def embed(model: str | Path, items: list[Item], out: str | Path, batch: int = 32
     t0, n_new = time.time(), 0
     for c in range(n_chunks):
         pj = parts / f"part_{c:06d}.json"
-        if pj.exists():
+        if _chunk_key(pj) == key:
             continue
         chunk_items = items[c * chunk:(c + 1) * chunk]
         feats, rows, skipped = [], [], []
@@ -132,9 +143,21 @@ def embed(model: str | Path, items: list[Item], out: str | Path, batch: int = 32
             bar.set_postfix({"img/s": f"{n_new / max(time.time() - t0, 1e-9):.0f}"})
         f = np.concatenate(feats) if feats else np.zeros((0, be.dim), np.float32)
         atomic_write(parts / f"part_{c:06d}.npy", lambda tmp: np.save(open(tmp, "wb"), f))
-        atomic_write_json(pj, {"rows": rows, "skipped": skipped})  # written last: marks the chunk complete
+        # written last: marks the chunk complete, and names the job it belongs to
+        atomic_write_json(pj, {"key": key, "rows": rows, "skipped": skipped})
     bar.close()
     return _assemble(npy, side, parts, n_chunks, be, str(model), flip)
+
+
+def _chunk_key(path: Path) -> str | None:
+    """The job a chunk file belongs to (from its .json record), or None for anything else."""
+    pj = path.with_suffix(".json")
+    if not (pj.name.startswith("part_") and pj.is_file()):
+        return None
+    try:
+        return json.loads(pj.read_text()).get("key")
+    except (json.JSONDecodeError, OSError):
+        return None
 
 
 def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str, flip: bool) -> dict[str, Any]:
@@ -143,20 +166,21 @@ def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str,
     n = sum(len(m["rows"]) for m in metas)
 
     def write(tmp: str) -> None:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, be.dim))
-        s = 0
-        for c in range(n_chunks):
-            f = np.load(parts / f"part_{c:06d}.npy", mmap_mode="r")
-            mm[s:s + len(f)] = f
-            s += len(f)
-        mm.flush()
-        del mm
+        # plain writes, not a memory map: a full disk is then an ENOSPC error we report, not a SIGBUS
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array_header_2_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                      "fortran_order": False, "shape": (n, be.dim)})
+            for c in range(n_chunks):
+                f = np.load(parts / f"part_{c:06d}.npy", mmap_mode="r")
+                fh.write(np.ascontiguousarray(f, dtype=np.float32).tobytes())
     atomic_write(npy, write)
     skipped = [s for m in metas for s in m["skipped"]]
     summary = {"model": model, "fingerprint": be.fingerprint, "preprocess": be.pre.describe(), "dim": be.dim,
                "flip": flip, "count": n, "skipped": skipped, "rows": [r for m in metas for r in m["rows"]]}
     atomic_write_json(side, summary)
-    shutil.rmtree(parts)
+    gone = parts.with_name(f".{parts.name}.done-{uuid.uuid4().hex[:8]}")
+    parts.rename(gone)  # one rename: a kill during the removal below leaves no parts folder to mistake for a job
+    shutil.rmtree(gone, ignore_errors=True)
     log.info("embedded %d images into %s (%d skipped)", n, npy, len(skipped))
     return summary
 
