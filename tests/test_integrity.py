@@ -1,6 +1,7 @@
 """Nothing silently wrong, nothing lost: kills during evaluation, changed data, broken run files."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,3 +287,42 @@ def test_embed_full_disk_is_one_line_and_leaves_no_temp_file(full_run, data_root
                    "no space left", "feats.npy")
     monkeypatch.undo()
     assert not list(tmp_path.glob(".feats.npy.*.tmp")) and not (tmp_path / "feats.npy").exists()
+
+
+def test_fp16_grad_scaler_skips_overflowing_steps():
+    """run.amp_dtype=fp16 trains with a GradScaler as CLIP-ReID does; its step logic, on CPU."""
+    from scireid.config import load_config
+    from scireid.engine.distributed import DistContext
+    from scireid.engine.engine import Engine
+    from scireid.engine.features import amp_dtype
+    assert load_config("ltcc", ["run.amp_dtype=fp16"]).run.amp_dtype == "fp16"
+    assert amp_dtype("fp16") == torch.float16 and load_config("ltcc").run.amp_dtype == "bf16"
+
+    class Task:
+        def __init__(self):
+            self.w = torch.nn.Parameter(torch.ones(3))
+            self.opt = torch.optim.SGD([self.w], lr=0.1)
+
+        def optimizers(self):
+            return {"main": self.opt}
+    t = Task()
+    eng = Engine(Path("."), DistContext(), amp=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    eng._backward_step(t, (t.w * torch.tensor([1.0, float("inf"), 1.0])).sum(), scaler)  # overflow: skipped
+    assert torch.equal(t.w.detach(), torch.ones(3)) and scaler.get_scale() == 2.0 ** 9
+    eng._backward_step(t, (t.w * 2).sum(), scaler)  # finite: applied, unscaled
+    torch.testing.assert_close(t.w.detach(), torch.full((3,), 0.8))
+
+
+def test_leftovers_of_kills_are_cleaned_at_the_next_start(data_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(data_root, out, "stage2.epochs=1"))
+    ours = out / ".model_best.safetensors.k2j4.tmp"
+    theirs = out / ".tmpA1b2C3"
+    spare = out / "stage2" / ".last.old"
+    for f in (ours, theirs):
+        f.write_bytes(b"x" * 1000)
+    shutil.copytree(out / "stage2" / "last", spare)
+    train(tiny_cfg(data_root, out, "stage2.epochs=1"), resume=True)
+    assert not ours.exists() and not theirs.exists() and not spare.exists()
+    assert (out / "stage2" / "last" / "state.pt").is_file() and (out / ".scireid.lock").exists()

@@ -118,7 +118,9 @@ class RunConfig:
     out: str = "runs/default"
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 (or fp16 + scaler) autocast on GPU; CPU always fp32
+    amp: bool = True  # mixed precision on GPU; CPU always fp32
+    # bf16 (losses in fp32, no scaler) or fp16 with a GradScaler, as CLIP-ReID trains (its torch.cuda.amp loop)
+    amp_dtype: str = "bf16"
     deterministic: bool = False
     compile: bool = False
     tensorboard: bool = True
@@ -149,6 +151,7 @@ CHOICES = {
     "model.sim_residual": ("absolute", "relative"),
     "model.test_feature": ("concat", "balanced"),
     "stage2.i2t_logits": ("raw", "cosine"),
+    "run.amp_dtype": ("bf16", "fp16"),
 }
 
 

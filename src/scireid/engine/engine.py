@@ -38,10 +38,12 @@ class Task(Protocol):
 
 class Engine:
     def __init__(self, run_dir: Path, ctx: DistContext, amp: bool = True, checkpoint_every: int = 1,
-                 checkpoint_steps: int = 0, max_steps_per_epoch: int = 0, tb_writer=None, stop_after_steps: int = 0):
+                 checkpoint_steps: int = 0, max_steps_per_epoch: int = 0, tb_writer=None, stop_after_steps: int = 0,
+                 amp_dtype: str = "bf16"):
         self.run_dir = Path(run_dir)
         self.ctx = ctx
         self.amp = amp and ctx.device.type == "cuda"
+        self.amp_dtype = amp_dtype
         self.checkpoint_every = checkpoint_every
         self.checkpoint_steps = checkpoint_steps
         self.max_steps = max_steps_per_epoch
@@ -98,8 +100,9 @@ class Engine:
 
     def run(self, task: Task, resume: bool = False) -> int:
         """Train ``task`` to its last epoch; returns how many epochs this call ran."""
+        from .features import amp_dtype
         scaler = None
-        if self.amp and not torch.cuda.is_bf16_supported():
+        if self.amp and amp_dtype(self.amp_dtype) == torch.float16:  # fp16 needs loss scaling; bf16 does not
             scaler = torch.amp.GradScaler("cuda")
         start_epoch, start_batch, pending = self._resume(task, scaler) if resume else (0, 0, None)
         ran = 0

@@ -11,12 +11,18 @@ from ..data.loading import ImageDataset
 from .distributed import DistContext, gather_rows
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 where the GPU supports it, else fp16; CPU runs in fp32."""
+def amp_dtype(name: str = "bf16") -> torch.dtype:
+    """bf16 where the GPU supports it (else fp16); ``fp16`` always fp16 (CLIP-ReID's regime, with a GradScaler)."""
+    if name == "fp16" or not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool = True, dtype: str = "bf16"):
+    """Mixed precision on GPU (see ``amp_dtype``); CPU runs in fp32."""
     if device.type != "cuda" or not enabled:
         return torch.autocast("cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=amp_dtype(dtype))
 
 
 @torch.no_grad()

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from ..errors import ConfigError
 
 LOCK_NAME = ".scireid.lock"
+
+log = logging.getLogger("scireid")
 
 
 def check_out_dir(out: str | Path, marker: str | tuple[str, ...] = ("config.yaml", "stage1.safetensors"),
@@ -53,3 +56,29 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def clean_leftovers(run: str | Path) -> list[Path]:
+    """Temp files a SIGKILL left in a run folder (ours ``.NAME.XXXX.tmp``, safetensors' ``.tmpXXXX``) and the
+    spare copies of an interrupted checkpoint swap, removed at the next start of the same run, under its lock.
+    A swap's spare copy is removed only after ``recover`` has put a complete checkpoint in place."""
+    import shutil
+
+    from .checkpoint import recover
+    run = Path(run)
+    removed: list[Path] = []
+    if not run.is_dir():
+        return removed
+    for last in [p / "last" for p in run.iterdir() if p.is_dir() and not p.name.startswith(".")]:
+        if recover(last):
+            for spare in (last.with_name(".last.tmp"), last.with_name(".last.old")):
+                if spare.exists():
+                    shutil.rmtree(spare, ignore_errors=True)
+                    removed.append(spare)
+    for p in run.rglob(".*"):
+        if p.is_file() and (p.name.startswith(".tmp") or (p.name.endswith(".tmp") and p.name.count(".") >= 3)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        log.info("%s: removed %d leftover file(s) of an interrupted earlier start", run, len(removed))
+    return removed

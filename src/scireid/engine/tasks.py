@@ -68,7 +68,7 @@ class Stage1Task:
         idx = idx.to(self.ctx.device)
         y, c, img = self.pids[idx], self.clothes[idx], self.feats[idx]
         self.model.train()
-        with autocast(self.ctx.device, self.cfg.run.amp):
+        with autocast(self.ctx.device, self.cfg.run.amp, self.cfg.run.amp_dtype):
             t = self.model.stage1_text(y, c if self.model.spec.sse else None)
         t = {k: v.float() for k, v in t.items()}
         text = t["t_ort"] if (self.model.spec.sse and self.c.contrastive_text == "ort") else t["t_id"]
@@ -169,7 +169,7 @@ class Stage2Task:
         for bn in self.frozen_bn:  # keep the pretrained running statistics (and use them) in the CLIP trunk
             bn.eval()
         m, c = self.model, self.c
-        with autocast(dev, self.cfg.run.amp):
+        with autocast(dev, self.cfg.run.amp, self.cfg.run.amp_dtype):
             out = self.net(imgs)
         eps = c.label_smoothing
         l_id = ce_smooth(out["logits_g"], pids, eps) + ce_smooth(out["logits_p"], pids, eps)

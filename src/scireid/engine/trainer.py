@@ -118,6 +118,8 @@ def train(cfg: Config, stage: str = "all", resume: bool = False) -> dict[str, An
         return _train(cfg, stage, resume, ctx)
     check_out_dir(cfg.run.out, resume=resume)
     with RunLock(cfg.run.out):
+        from .rundir import clean_leftovers
+        clean_leftovers(cfg.run.out)
         return _train(cfg, stage, resume, ctx)
 
 
@@ -135,7 +137,7 @@ def _train(cfg: Config, stage: str, resume: bool, ctx: DistContext) -> dict[str,
     model = build_model(spec, cfg.model.weights).to(ctx.device)
     tb = _tb(cfg, run, ctx)
     engine = Engine(run, ctx, cfg.run.amp, cfg.run.checkpoint_every, cfg.run.checkpoint_steps,
-                    cfg.run.max_steps_per_epoch, tb, cfg.run.stop_after_steps)
+                    cfg.run.max_steps_per_epoch, tb, cfg.run.stop_after_steps, cfg.run.amp_dtype)
     stage1_file = run / "stage1.safetensors"
     result: dict[str, Any] = {}
     try:
