@@ -326,3 +326,45 @@ def test_leftovers_of_kills_are_cleaned_at_the_next_start(data_root, tmp_path):
     train(tiny_cfg(data_root, out, "stage2.epochs=1"), resume=True)
     assert not ours.exists() and not theirs.exists() and not spare.exists()
     assert (out / "stage2" / "last" / "state.pt").is_file() and (out / ".scireid.lock").exists()
+
+
+def test_mot_rows_with_empty_boxes_are_skipped_with_reason_and_nan_is_one_line(full_run, data_root, tmp_path, capsys):
+    from PIL import Image
+    run, _ = full_run
+    seq = tmp_path / "MOT-02"
+    (seq / "img1").mkdir(parents=True)
+    (seq / "det").mkdir()
+    Image.new("RGB", (200, 160), (90, 90, 90)).save(seq / "img1" / "000001.jpg")
+    (seq / "det" / "det.txt").write_text("1,-1,10,20,64,128,0.9\n1,-1,50,20,0,128,0.9\n1,-1,50,20,30,-5,0.9\n")
+    capsys.readouterr()
+    assert main(["embed", str(run), str(seq), "--out", str(tmp_path / "f.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "embedded 1 images" in out and "2 skipped" in out and "width or height <= 0" in out
+    (seq / "det" / "det.txt").write_text("1,-1,10,nan,64,128,0.9\n")
+    one_line_error(capsys, ["embed", str(run), str(seq), "--out", str(tmp_path / "g.npy")], "line 1", "finite")
+
+
+def test_export_defaults_to_dynamic_batch_and_static_graphs_work_with_embed(full_run, data_root, tmp_path, capsys):
+    run, _ = full_run
+    q = data_root / "query"
+    n = len(list(q.glob("*.png")))
+    ref = scireid.load(run, device="cpu").embed(sorted(str(p) for p in q.glob("*.png"))).numpy()
+    for name, extra in (("dyn.onnx", []), ("static.onnx", ["--static-batch", "2"])):
+        capsys.readouterr()
+        assert main(["export", str(run), "--out", str(tmp_path / name), *extra]) == 0
+        assert ("input images N x 3" in capsys.readouterr().out) == (not extra)
+        assert main(["embed", str(tmp_path / name), str(q), "--out", str(tmp_path / f"{name}.npy"), "--batch", "3"]) == 0
+        feats, side = __import__("scireid.deploy.embed", fromlist=["x"]).load_features(tmp_path / f"{name}.npy")
+        order = [sorted(str(p) for p in q.glob("*.png")).index(r["path"]) for r in side["rows"]]
+        assert len(feats) == n
+        np.testing.assert_allclose(np.asarray(feats), ref[order], atol=1e-4)
+
+
+def test_export_check_with_bad_images_writes_nothing(full_run, tmp_path, capsys):
+    run, _ = full_run
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"not a png")
+    one_line_error(capsys, ["export", str(run), "--out", str(tmp_path / "m.onnx"), "--check", "--images", str(bad)],
+                   "x.png")
+    assert not (tmp_path / "m.onnx").exists()

@@ -217,14 +217,25 @@ def cmd_search(a) -> int:
 def cmd_export(a) -> int:
     from .deploy.export import check_parity, export_onnx
 
-    info = export_onnx(a.run, a.out, opset=a.opset, dynamic_batch=a.dynamic_batch or a.check, fp16=a.fp16)
-    print(f"wrote {info['onnx']}: input images N x 3 x {info['preprocess']}; output N x {info['dim']} L2-normalised; "
-          f"fingerprint {info['fingerprint']}")
+    imgs = None
+    if a.images:  # decoded before anything is written: a bad --images never leaves a half-checked export behind
+        from .deploy.embed import load_image
+        from .deploy.inputs import read_input
+        items = read_input(a.images)[:64]
+        for it in items:
+            try:
+                load_image(it)
+            except Exception as e:
+                raise UserError(f"--images: {it.path} cannot be read as an image ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        imgs = [it.path for it in items]
+    if a.static_batch is not None and a.static_batch < 1:
+        raise UserError(f"--static-batch {a.static_batch}: expected a batch size >= 1")
+    info = export_onnx(a.run, a.out, opset=a.opset, static_batch=a.static_batch, fp16=a.fp16)
+    n = "N" if a.static_batch is None else str(a.static_batch)
+    print(f"wrote {info['onnx']}: input images {n} x 3 x {info['preprocess']}; output {n} x {info['dim']} "
+          f"L2-normalised; fingerprint {info['fingerprint']}")
     if a.check:
-        imgs = None
-        if a.images:
-            from .deploy.inputs import read_input
-            imgs = [it.path for it in read_input(a.images)][:64]
         r = check_parity(a.run, a.out, imgs)
         tol_ok = r["min_cosine"] >= 0.999 if a.fp16 else r["max_abs_diff"] <= 1e-4
         print(f"parity on {r['images']} images: max |diff| {r['max_abs_diff']:.2e}, min cosine {r['min_cosine']:.6f} "
@@ -360,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", default="onnx", choices=["onnx"])
     ex.add_argument("--out", required=True, metavar="MODEL.onnx")
     ex.add_argument("--opset", type=int, default=17)
-    ex.add_argument("--dynamic-batch", action="store_true")
+    ex.add_argument("--dynamic-batch", action="store_true", help="the default; kept for old command lines")
+    ex.add_argument("--static-batch", type=int, metavar="N",
+                    help="fix the batch size at N (for runtimes that need it; scireid pads the last batch)")
     ex.add_argument("--fp16", action="store_true")
     ex.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch; exit 1 if out of tolerance")
     ex.add_argument("--images", metavar="DIR", help="with --check: images to compare on (default: random inputs)")

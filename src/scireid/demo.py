@@ -30,6 +30,19 @@ DEMO_OVERRIDES = ["run.tensorboard=false"]
 QUICK_OVERRIDES = ["stage2.epochs=8", "stage2.milestones=[7]", "stage2.eval_every=8", "stage2.cal_start_epoch=4"]
 
 
+def recipe_key(overrides: list[str] | tuple[str, ...]) -> str:
+    """Cached runs are reused only for the same recipe: the preset and variant files, the overrides, the data."""
+    import hashlib
+
+    from .config import PRESET_DIR
+    from .data.synthetic import GENERATOR_VERSION
+    h = hashlib.sha256(f"{GENERATOR_VERSION}|{DEMO_OVERRIDES}|{QUICK_OVERRIDES}|{list(overrides)}".encode())
+    for p in sorted([PRESET_DIR / "synthetic.yaml", *(PRESET_DIR / "variants").glob("*.yaml"),
+                     *(PRESET_DIR / "backbones").glob("*.yaml")]):
+        h.update(p.read_bytes())
+    return h.hexdigest()[:8]
+
+
 def _demo_config(variant: str, seed: int, data_root: Path, run: Path, overrides: list[str]):
     meta = json.loads((data_root / "synthetic.json").read_text())
     return load_config("synthetic", [f"data.root={data_root}", f"run.out={run}", f"run.seed={seed}",
@@ -109,10 +122,11 @@ def run_demo(out: str | Path = "scireid_demo", quick: bool = False, seed: int = 
     check_out_dir(out, marker=("runs", "report.md"))
     (out / "runs").mkdir(parents=True, exist_ok=True)  # marks the folder as a demo's before anything else is written
     t_start = time.time()
-    data_root = out / f"data-ids{ids}-seed{seed}"
+    from .data.synthetic import GENERATOR_VERSION
+    data_root = out / f"data-v{GENERATOR_VERSION}-ids{ids}-seed{seed}"
     log.info("[1/3] synthetic cloth-changing data (cached in %s)", data_root)
     ensure_synthetic(data_root, ids=ids, seed=seed)
-    runs = out / "runs" / f"{'quick' if quick else 'full'}-ids{ids}"
+    runs = out / "runs" / f"{'quick' if quick else 'full'}-ids{ids}-{recipe_key(overrides)}"
     variants = ["baseline", "full"] if quick else ["baseline", "sse", "sim", "full"]
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
     jobs = [(v, s) for s in seeds for v in variants]

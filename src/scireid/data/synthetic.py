@@ -337,11 +337,16 @@ def ensure_synthetic(root: str | Path, ids: int = 120, seed: int = 0) -> Path:
                                f"version={meta.get('version')}, not ids={ids} seed={seed} version={GENERATOR_VERSION}; "
                                f"choose another folder")
         return root
+    import shutil
     tmp = root.with_name(root.name + ".partial")
     if tmp.exists():
-        import shutil
         shutil.rmtree(tmp)
-    generate(tmp, ids=ids, seed=seed, progress=True)
+    try:
+        generate(tmp, ids=ids, seed=seed, progress=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        from .records import DatasetError
+        raise DatasetError(f"{root}: could not write the synthetic set ({e.strerror or e}); nothing was left behind") from None
     if root.exists():  # e.g. an empty folder the user made: fill it
         _move_into(tmp, root)
     else:

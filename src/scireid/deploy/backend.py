@@ -106,8 +106,20 @@ class OnnxBackend:
         self.fingerprint = meta["scireid_fingerprint"]
         self.dim = int(meta["scireid_dim"])
 
+        shape = self.session.get_inputs()[0].shape
+        self.static_batch = shape[0] if isinstance(shape[0], int) else None  # a graph exported with a fixed batch
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(["output"], {"images": x.astype(np.float32)})[0].astype(np.float32)
+        x = x.astype(np.float32)
+        n = self.static_batch
+        if n is None or len(x) == n:
+            return self.session.run(["output"], {"images": x})[0].astype(np.float32)
+        out = []  # a fixed-batch graph: run it in slices of its size, the last one padded
+        for s in range(0, len(x), n):
+            part = x[s:s + n]
+            pad = np.concatenate([part, np.zeros((n - len(part), *part.shape[1:]), np.float32)]) if len(part) < n else part
+            out.append(self.session.run(["output"], {"images": pad})[0][:len(part)])
+        return np.concatenate(out).astype(np.float32)
 
 
 def open_backend(model: str | Path, device: str | None = None):

@@ -45,6 +45,8 @@ def load_image(item: Item):
         img = im.convert("RGB")
     if item.box:
         x, y, w, h = item.box
+        if w <= 0 or h <= 0:
+            raise ValueError(f"box {item.box} has width or height <= 0")
         x0, y0 = max(0, x), max(0, y)
         x1, y1 = min(img.width, x + w), min(img.height, y + h)
         if x1 <= x0 or y1 <= y0:

@@ -34,8 +34,9 @@ class _TestForward(torch.nn.Module):
         return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch: bool = True, fp16: bool = False
-                ) -> dict[str, Any]:
+def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch: bool = True, fp16: bool = False,
+                static_batch: int | None = None) -> dict[str, Any]:
+    """``static_batch`` N fixes the graph's batch at N (else dynamic, unless ``dynamic_batch=False``: 2)."""
     import onnx
 
     out = Path(out)
@@ -45,7 +46,9 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
     model = be.embedder.model.eval().float()
     pre = be.pre
     wrapper = _TestForward(model, fp16).eval()
-    x = torch.randn(2, 3, pre.height, pre.width)
+    if static_batch is not None:
+        dynamic_batch = False
+    x = torch.randn(static_batch or 2, 3, pre.height, pre.width)
     fingerprint = make_fingerprint(be.fingerprint.split("/")[0], pre, "fp16" if fp16 else "fp32")
 
     def write(tmp: str) -> None:

@@ -6,6 +6,7 @@ metadata the input carries (identity, camera, clothes, timestamp). Missing metad
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -105,10 +106,11 @@ def read_mot(det: Path, frames: Path | None = None, camid: int = -1) -> list[Ite
                 frame, tid, x, y, w, h = (float(v) for v in parts[:6])
             except ValueError:
                 raise InputError(f"{det} line {i}: expected numbers in frame,id,x,y,w,h, got {line.strip()!r}") from None
+            if not all(math.isfinite(v) for v in (frame, tid, x, y, w, h)):
+                raise InputError(f"{det} line {i}: expected finite numbers in frame,id,x,y,w,h, got {line.strip()!r}")
             if int(frame) not in by_frame:
                 raise InputError(f"{det} line {i}: frame {int(frame)} has no image in {frames}")
-            if w <= 0 or h <= 0:
-                continue
+            # a box with w <= 0 or h <= 0 is kept: embed lists it as skipped, with its reason
             items.append(Item(str(by_frame[int(frame)]), (int(round(x)), int(round(y)), int(round(w)), int(round(h))),
                               int(tid), camid, -1, str(int(frame))))
     if not items:
