@@ -368,3 +368,40 @@ def test_export_check_with_bad_images_writes_nothing(full_run, tmp_path, capsys)
     one_line_error(capsys, ["export", str(run), "--out", str(tmp_path / "m.onnx"), "--check", "--images", str(bad)],
                    "x.png")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_labels_from_dataset_file_names(tmp_path):
+    """The deploy tools read pid / camera / clothes with the dataset parsers' own schemes."""
+    from scireid.deploy.inputs import read_input
+    from PIL import Image
+    cases = {"ltcc": (["040_1_c4_001178.png", "002_3_c11_000010.png"], [(40, 3, 1), (2, 10, 3)]),
+             "market": (["0002_c1s1_000451_03.jpg", "-1_c3s2_000012_01.jpg"], [(2, 0, -1), (-1, 2, -1)]),
+             "vc": (["0001-03-02-04.jpg", "0512-4-1-7.jpg"], [(1, 2, 2), (512, 3, 1)]),
+             "msmt": (["0007_012_05_0303morning_0015_0.jpg", "1041_000_15_0113noon_0001_1.jpg"], [(7, 4, -1), (1041, 14, -1)]),
+             "mixed": (["040_1_c4_001178.png", "holiday.jpg"], [(-1, -1, -1), (-1, -1, -1)])}
+    for case, (names, want) in cases.items():
+        d = tmp_path / case
+        d.mkdir()
+        for n in names:
+            Image.new("RGB", (8, 16)).save(d / n)
+        got = {Path(it.path).name: (it.pid, it.camid, it.clothes_id) for it in read_input(d)}
+        assert [got[n] for n in names] == want, case
+    prcc = tmp_path / "prcc" / "rgb" / "test" / "C" / "017"
+    prcc.mkdir(parents=True)
+    Image.new("RGB", (8, 16)).save(prcc / "cropped_rgb001.jpg")
+    assert [(it.pid, it.camid) for it in read_input(prcc.parent.parent)] == [(17, 2)]
+
+
+def test_exclude_same_camera_works_from_names_and_is_never_silent(full_run, data_root, tmp_path, capsys):
+    run, _ = full_run
+    idx = tmp_path / "idx"
+    assert main(["index", "build", str(run), str(data_root / "test"), "--out", str(idx)]) == 0
+    q = sorted((data_root / "query").glob("*.png"))[0]
+    cam = int(q.name.split("_c")[1].split("_")[0])
+    capsys.readouterr()
+    assert main(["search", str(idx), str(q), "--exclude-same-camera", "--topk", "20", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)[0]["results"]
+    assert res and all(f"_c{cam}_" not in Path(r["path"]).name for r in res)
+    plain = tmp_path / "plain.png"
+    shutil.copy(q, plain)  # a name without a camera
+    one_line_error(capsys, ["search", str(idx), str(plain), "--exclude-same-camera"], "no camera known for query")

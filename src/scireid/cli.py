@@ -185,6 +185,19 @@ def cmd_search(a) -> int:
     be = open_backend(model, a.device)
     check_fingerprint(be.fingerprint, idx.fingerprint, f"index {a.index}")
     items = read_inputs(a.query, a.frames)
+    if a.exclude_same_camera:  # never a silent no-op: every query needs a camera, the gallery is checked too
+        unknown = [it.path for it in items if it.camid < 0]
+        if unknown:
+            raise UserError(f"--exclude-same-camera: no camera known for query {unknown[0]} ({len(unknown)} of "
+                            f"{len(items)}); name files by a dataset scheme (e.g. LTCC <pid>_<clothes>_c<cam>_...) or "
+                            f"give a CSV manifest with a camid column")
+        n_unknown = sum(1 for r in idx.rows if r.get("camid", -1) < 0)
+        if n_unknown == len(idx.rows):
+            raise UserError(f"--exclude-same-camera: the index {a.index} knows no camera for any of its rows; rebuild "
+                            f"it from files named by a dataset scheme or a CSV manifest with a camid column")
+        if n_unknown:
+            log.warning("--exclude-same-camera: %d of %d gallery rows have no camera and are always kept", n_unknown,
+                        len(idx.rows))
     arrays, kept = [], []
     for it in items:
         try:

@@ -75,11 +75,16 @@ def _protocols(test: list[Record], n_query: int, modes: list[tuple[str, str]]) -
 LTCC_RE = re.compile(r"^(\d+)_(\d+)_c(\d+)_")
 
 
+def _ltcc_labels(m: re.Match) -> tuple[int, int, str]:
+    """pid, 0-based camera, clothes key of an LTCC-style name (the synthetic set uses it too)."""
+    return int(m.group(1)), int(m.group(3)) - 1, m.group(2)
+
+
 def _ltcc_like(root: Path, name: str, lenient: bool = False) -> ReIDDataset:
     base = _find_dir(root, ("LTCC_ReID", ""), ("train", "query", "test"),
                      "LTCC_ReID/{train,query,test}/<pid>_<clothes>_c<cam>_<frame>.png", name)
     bad: list = []
-    conv = lambda p, m: (p, int(m.group(1)), int(m.group(3)) - 1, m.group(2))  # noqa: E731
+    conv = lambda p, m: (p, *_ltcc_labels(m))  # noqa: E731
     train_raw = _parse_dir(base / "train", LTCC_RE, conv, bad)
     train = relabel(train_raw)
     query = _parse_dir(base / "query", LTCC_RE, conv, bad)
@@ -181,12 +186,16 @@ def prcc(root: Path, single_shot: bool = False, trials: int = 10, seed: int = 1,
 VC_RE = re.compile(r"^(\d+)-(\d+)-(\d+)-(\d+)")
 
 
+def _vc_labels(m: re.Match) -> tuple[int, int, str]:
+    return int(m.group(1)), int(m.group(2)) - 1, m.group(3)
+
+
 @register("vcclothes")
 def vcclothes(root: Path, lenient: bool = False, **_) -> ReIDDataset:
     base = _find_dir(root, ("VC-Clothes", ""), ("train", "query", "gallery"),
                      "VC-Clothes/{train,query,gallery}/<pid>-<cam>-<clothes>-<frame>.jpg", "vcclothes")
     bad: list = []
-    conv = lambda p, m: (p, int(m.group(1)), int(m.group(2)) - 1, m.group(3))  # noqa: E731
+    conv = lambda p, m: (p, *_vc_labels(m))  # noqa: E731
     train = relabel(_parse_dir(base / "train", VC_RE, conv, bad))
     query = _parse_dir(base / "query", VC_RE, conv, bad)
     gallery = _parse_dir(base / "gallery", VC_RE, conv, bad)
@@ -207,6 +216,10 @@ def vcclothes(root: Path, lenient: bool = False, **_) -> ReIDDataset:
 MARKET_RE = re.compile(r"^([-\d]+)_c(\d)")
 
 
+def _market_labels(m: re.Match) -> tuple[int, int, str]:
+    return int(m.group(1)), int(m.group(2)) - 1, "0"  # one outfit per identity
+
+
 @register("market1501")
 def market1501(root: Path, lenient: bool = False, **_) -> ReIDDataset:
     base = _find_dir(root, ("Market-1501-v15.09.15", "market1501", "Market-1501", ""),
@@ -216,10 +229,8 @@ def market1501(root: Path, lenient: bool = False, **_) -> ReIDDataset:
     bad: list = []
 
     def conv(p, m):
-        pid = int(m.group(1))
-        if pid == -1:  # junk detections
-            return None
-        return (p, pid, int(m.group(2)) - 1, "0")  # one outfit per identity
+        labels = _market_labels(m)
+        return None if labels[0] == -1 else (p, *labels)  # pid -1: junk detections
 
     train = relabel(_parse_dir(base / "bounding_box_train", MARKET_RE, conv, bad))
     query = _parse_dir(base / "query", MARKET_RE, conv, bad)
@@ -232,6 +243,11 @@ def market1501(root: Path, lenient: bool = False, **_) -> ReIDDataset:
 
 
 # ---------------------------------------------------------------- MSMT17
+def _msmt_camera(name: str) -> int | None:
+    """0-based camera of an MSMT17 name ``<pid>_<n>_<cam>_...``, None when it has no such field."""
+    fields = name.split("_")
+    return int(fields[2]) - 1 if len(fields) >= 3 and fields[2].isdigit() else None
+
 @register("msmt17")
 def msmt17(root: Path, lenient: bool = False, **_) -> ReIDDataset:
     base = None
@@ -254,12 +270,11 @@ def msmt17(root: Path, lenient: bool = False, **_) -> ReIDDataset:
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                 bad.append((f"{base / list_name}:{ln}", "expected '<relative path> <pid>'"))
                 continue
-            name = Path(parts[0]).name
-            fields = name.split("_")
-            if len(fields) < 3 or not fields[2].isdigit():
+            cam = _msmt_camera(Path(parts[0]).name)
+            if cam is None:
                 bad.append((str(base / img_dir / parts[0]), "name has no camera field <pid>_<n>_<cam>_"))
                 continue
-            out.append((str(base / img_dir / parts[0]), int(parts[1]), int(fields[2]) - 1, "0"))
+            out.append((str(base / img_dir / parts[0]), int(parts[1]), cam, "0"))
         return out
 
     train = relabel(read("list_train.txt", "train") + read("list_val.txt", "train"))
@@ -298,3 +313,52 @@ def custom(root: Path, lenient: bool = False, **_) -> ReIDDataset:
     test = test_records(splits["query"] + splits["gallery"])
     return ReIDDataset("custom", str(root), train, test,
                        _protocols(test, len(splits["query"]), [("general", "general"), ("cloth-changing", "cloth-changing")]))
+
+
+# ---------------------------------------------------------------- labels from file names alone (deploy)
+MSMT_NAME_RE = re.compile(r"^(\d{4})_\d+_(\d{2})_")
+
+
+def _name_schemes() -> dict[str, Callable[[Path], tuple[int, int, int] | None]]:
+    """The schemes the parsers above read, as (pid, camid, clothes) of one path; clothes -1 when the set has none.
+
+    Checked in this order, so LTCC's ``<pid>_<clothes>_c<cam>_`` wins over Market's ``<pid>_c<cam>``.
+    """
+    def by_re(rx, labels, clothes: bool):
+        def f(p: Path):
+            m = rx.search(p.name)
+            if m is None:
+                return None
+            pid, cam, clo = labels(m)
+            return pid, cam, int(clo) if clothes else -1
+        return f
+
+    def msmt(p: Path):
+        m = MSMT_NAME_RE.search(p.name)
+        return (int(m.group(1)), _msmt_camera(p.name), -1) if m else None
+
+    def prcc(p: Path):  # test/{A,B,C}/<pid>/<file>: the camera is the folder A/B/C
+        parts = p.parts
+        if len(parts) >= 3 and parts[-3] in ("A", "B", "C") and parts[-2].isdigit():
+            return int(parts[-2]), "ABC".index(parts[-3]), -1
+        return None
+    return {"ltcc": by_re(LTCC_RE, _ltcc_labels, True), "vcclothes": by_re(VC_RE, _vc_labels, True),
+            "market1501": by_re(MARKET_RE, _market_labels, False), "msmt17": msmt, "prcc": prcc}
+
+
+def labels_from_names(paths: list[str]) -> tuple[str, list[tuple[int, int, int]]] | None:
+    """(scheme, [(pid, camid, clothes)]) when every path follows one dataset's naming scheme, else None.
+
+    All or nothing: a folder where some names do not fit is not guessed at.
+    """
+    for name, f in _name_schemes().items():
+        out = []
+        for p in paths:
+            lab = f(Path(p))
+            if lab is None:
+                break
+            out.append(lab)
+        else:
+            if out:
+                return name, out
+    return None

@@ -6,11 +6,14 @@ metadata the input carries (identity, camera, clothes, timestamp). Missing metad
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
+
+log = logging.getLogger("scireid")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -50,7 +53,19 @@ def read_folder(d: Path) -> list[Item]:
     files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     if not files:
         raise InputError(f"{d}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
-    return [Item(str(p)) for p in files]
+    return with_name_labels([Item(str(p)) for p in files], str(d))
+
+
+def with_name_labels(items: list[Item], where: str) -> list[Item]:
+    """pid / camid / clothes_id from the file names when they all follow a dataset scheme scireid parses
+    (LTCC and the synthetic set, VC-Clothes, Market-1501, MSMT17, PRCC folders)."""
+    from ..data.datasets import labels_from_names
+    found = labels_from_names([it.path for it in items])
+    if found is None:
+        return items
+    scheme, labels = found
+    log.info("%s: identities and cameras read from %s-style file names", where, scheme)
+    return [Item(it.path, it.box, pid, cam, clo, it.timestamp) for it, (pid, cam, clo) in zip(items, labels)]
 
 
 def read_manifest(p: Path) -> list[Item]:
@@ -129,7 +144,7 @@ def read_input(spec: str | Path, frames: str | Path | None = None) -> list[Item]
                 return read_mot(det, Path(frames) if frames else p / "img1")
         return read_folder(p)
     if p.suffix.lower() in IMAGE_EXTS:
-        return [Item(str(p))]
+        return with_name_labels([Item(str(p))], str(p))
     if p.suffix.lower() == ".csv":
         return read_manifest(p)
     if _is_mot(p):
@@ -143,7 +158,7 @@ def read_input(spec: str | Path, frames: str | Path | None = None) -> list[Item]
         items.append(Item(str(q if q.is_absolute() else p.parent / q)))
     if not items:
         raise InputError(f"{p}: the list names no images")
-    return items
+    return with_name_labels(items, str(p))
 
 
 def read_inputs(specs: list[str], frames: str | None = None) -> list[Item]:
