@@ -105,6 +105,10 @@ class OnnxBackend:
                               pre["colour_order"])
         self.fingerprint = meta["scireid_fingerprint"]
         self.dim = int(meta["scireid_dim"])
+        if "scireid_graph_input" in meta:  # a graph made for another tool's input: feed it what it expects
+            g = json.loads(meta["scireid_graph_input"])
+            self.pre = Preprocess(g["height"], g["width"], tuple(g["mean"]), tuple(g["std"]), self.pre.interpolation,
+                                  self.pre.colour_order)
 
         shape = self.session.get_inputs()[0].shape
         self.static_batch = shape[0] if isinstance(shape[0], int) else None  # a graph exported with a fixed batch

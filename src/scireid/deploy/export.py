@@ -22,21 +22,59 @@ from .backend import TorchBackend, make_fingerprint
 log = logging.getLogger("scireid")
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# what a consumer feeds, by name: BoxMOT normalises every crop with ImageNet mean/std (its base_backend.py)
+CONSUMERS = {"boxmot": {"input_norm": "imagenet"}}
+
+
 class _TestForward(torch.nn.Module):
-    def __init__(self, model, half: bool):
+    """The test-time forward, behind an optional input adapter for what another tool feeds the graph.
+
+    ``in_mean``/``in_std``: the normalisation the consumer applied; a per-channel multiply-add turns it
+    into ours. ``in_size``: the graph takes that size and shrinks it to the model's with PIL's own
+    bilinear (antialiased) weights, as scireid's preprocessing would have.
+    """
+
+    def __init__(self, model, half: bool, mean=None, std=None, in_mean=None, in_std=None, in_size=None,
+                 out_size=None):
         super().__init__()
         self.model = model.half() if half else model
         self.half = half
+        self.adapt = in_mean is not None
+        if self.adapt:
+            a = torch.tensor(in_std) / torch.tensor(std)
+            b = (torch.tensor(in_mean) - torch.tensor(mean)) / torch.tensor(std)
+            self.register_buffer("scale", a.view(1, 3, 1, 1))
+            self.register_buffer("shift", b.view(1, 3, 1, 1))
+        self.resize = in_size is not None and tuple(in_size) != tuple(out_size)
+        if self.resize:
+            from .resample import pil_bilinear_matrix
+            self.register_buffer("ah", torch.tensor(pil_bilinear_matrix(in_size[0], out_size[0]), dtype=torch.float32))
+            self.register_buffer("aw", torch.tensor(pil_bilinear_matrix(in_size[1], out_size[1]), dtype=torch.float32))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.half() if self.half else images
+        x = images
+        if self.adapt:
+            x = x * self.scale + self.shift
+        if self.resize:  # mean/std are per channel, so normalising before or after a linear resize is the same
+            x = torch.matmul(torch.matmul(self.ah, x), self.aw.t())
+        x = x.half() if self.half else x
         f = self.model.forward(x)["feat"].float()
         return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch: bool = True, fp16: bool = False,
-                static_batch: int | None = None) -> dict[str, Any]:
-    """``static_batch`` N fixes the graph's batch at N (else dynamic, unless ``dynamic_batch=False``: 2)."""
+                static_batch: int | None = None, input_norm: str = "model",
+                input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """``static_batch`` N fixes the graph's batch at N (else dynamic, unless ``dynamic_batch=False``: 2).
+
+    ``input_norm``: ``model`` (the graph takes our mean/std-normalised RGB) or ``imagenet`` (ImageNet-
+    normalised RGB, e.g. BoxMOT's crops; ours is applied inside). ``input_size`` (H, W): the graph takes
+    that size and resizes inside with PIL's bilinear weights (for consumers that resize with OpenCV).
+    """
+    if input_norm not in ("model", "imagenet"):
+        raise UserError(f"--input-norm {input_norm}: expected model or imagenet")
     import onnx
 
     out = Path(out)
@@ -45,10 +83,18 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
     be = TorchBackend(run, device="cpu")
     model = be.embedder.model.eval().float()
     pre = be.pre
-    wrapper = _TestForward(model, fp16).eval()
+    in_mean, in_std = (IMAGENET_MEAN, IMAGENET_STD) if input_norm == "imagenet" else (pre.mean, pre.std)
+    in_h, in_w = input_size or (pre.height, pre.width)
+    if in_h < 1 or in_w < 1:
+        raise UserError(f"--input-size {in_h}x{in_w}: expected positive sizes")
+    adapt = input_norm != "model"
+    wrapper = _TestForward(model, fp16, pre.mean, pre.std, in_mean if adapt else None, in_std if adapt else None,
+                           (in_h, in_w), (pre.height, pre.width)).eval()
+    graph_input = {"height": in_h, "width": in_w, "mean": list(in_mean), "std": list(in_std), "norm": input_norm,
+                   "resize_inside": [pre.height, pre.width] if (in_h, in_w) != (pre.height, pre.width) else None}
     if static_batch is not None:
         dynamic_batch = False
-    x = torch.randn(static_batch or 2, 3, pre.height, pre.width)
+    x = torch.randn(static_batch or 2, 3, in_h, in_w)
     fingerprint = make_fingerprint(be.fingerprint.split("/")[0], pre, "fp16" if fp16 else "fp32")
 
     def write(tmp: str) -> None:
@@ -72,7 +118,8 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
                 "scireid_preprocess": json.dumps({"height": pre.height, "width": pre.width, "mean": list(pre.mean),
                                                   "std": list(pre.std), "interpolation": pre.interpolation,
                                                   "colour_order": pre.colour_order}),
-                "scireid_source": str(be.ckpt), "scireid_precision": "fp16" if fp16 else "fp32"}
+                "scireid_source": str(be.ckpt), "scireid_precision": "fp16" if fp16 else "fp32",
+                "scireid_graph_input": json.dumps(graph_input)}
         for k, v in meta.items():
             p = m.metadata_props.add()
             p.key, p.value = k, v
@@ -86,22 +133,58 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
         raise UserError(f"ONNX export of {run} failed at opset {opset}: {type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]}") from None
     log.info("exported %s -> %s (%s, fingerprint %s)", be.ckpt, out, "fp16" if fp16 else "fp32", fingerprint)
-    return {"onnx": str(out), "fingerprint": fingerprint, "dim": model.feat_dim, "preprocess": pre.describe()}
+    shown = pre.describe() if not adapt and (in_h, in_w) == (pre.height, pre.width) else (
+        f"{in_h}x{in_w} RGB mean={list(in_mean)} std={list(in_std)}" +
+        (f" (resized to {pre.height}x{pre.width} inside, PIL bilinear)" if (in_h, in_w) != (pre.height, pre.width) else ""))
+    return {"onnx": str(out), "fingerprint": fingerprint, "dim": model.feat_dim, "preprocess": shown,
+            "graph_input": graph_input}
+
+
+def consumer_input(img, graph_input: dict) -> np.ndarray:
+    """(3, H, W) float32 prepared as BoxMOT prepares a crop: OpenCV INTER_LINEAR to the graph's input size on the
+    uint8 image, then /255 and the graph's input mean/std (its ``prepare_crop_batch``)."""
+    try:
+        import cv2
+    except ImportError:
+        raise UserError("checking a graph made for another tool prepares crops as that tool does, with OpenCV: "
+                        "pip install opencv-python-headless (or scireid[track])") from None
+    rgb = np.asarray(img.convert("RGB"))
+    x = cv2.resize(rgb, (graph_input["width"], graph_input["height"]), interpolation=cv2.INTER_LINEAR)
+    x = x.astype(np.float32) / 255.0
+    x = (x - np.asarray(graph_input["mean"], np.float32)) / np.asarray(graph_input["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def check_parity(run: str | Path, onnx_path: str | Path, images: list[str] | None = None, n_random: int = 8
                  ) -> dict[str, Any]:
-    """Run PyTorch (fp32) and onnxruntime on the same inputs: max |diff| and min cosine of the features."""
+    """PyTorch (fp32) against onnxruntime: max |diff|, min and mean cosine of the features.
+
+    For a graph made for another tool's input (``--input-norm``/``--input-size``) with ``images``, PyTorch
+    sees each image through scireid's own preprocessing and the graph sees it as that tool prepares it
+    (``consumer_input``): the comparison a tracker's user cares about.
+    """
     from .backend import OnnxBackend
     from .embed import load_image
     from .inputs import Item
 
     be = TorchBackend(run, device="cpu")
     ob = OnnxBackend(onnx_path)
+    g = json.loads(ob.session.get_modelmeta().custom_metadata_map.get("scireid_graph_input", "null") or "null")
+    consumer = g is not None and (g.get("norm") != "model" or g.get("resize_inside"))
     if images:
-        x = np.stack([be.pre(load_image(Item(p))) for p in images])
+        pil = [load_image(Item(p)) for p in images]
+        a = be(np.stack([be.pre(im) for im in pil]))
+        b = ob(np.stack([consumer_input(im, g) for im in pil]) if consumer else np.stack([be.pre(im) for im in pil]))
     else:
-        x = np.random.default_rng(0).normal(size=(n_random, 3, be.pre.height, be.pre.width)).astype(np.float32)
-    a, b = be(x), ob(x)
+        x = np.random.default_rng(0).normal(size=(n_random, 3, ob.pre.height, ob.pre.width)).astype(np.float32)
+        if consumer:  # the same adapter in PyTorch: ImageNet -> ours, PIL-weight resize
+            w = _TestForward(be.embedder.model.eval().float(), False, be.pre.mean, be.pre.std, g["mean"], g["std"],
+                             (g["height"], g["width"]), (be.pre.height, be.pre.width)).eval()
+            with torch.no_grad():
+                a = w(torch.from_numpy(x)).numpy()
+        else:
+            a = be(x)
+        b = ob(x)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return {"images": len(x), "max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min())}
+    return {"images": len(a), "max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean()), "consumer_preprocessing": bool(consumer and images)}

@@ -1,0 +1,111 @@
+"""scireid's exported model inside BoxMOT: are BoxMOT's features scireid's features?
+
+Run with BoxMOT installed (``pip install -e ".[track]"``):
+
+    python benchmarks/boxmot_parity.py RUN DATA_ROOT --out /tmp/boxmot_parity
+
+For each export (default graph; ``--for boxmot``; ``--for boxmot --input-size 256x128``) it loads the
+``.onnx`` through BoxMOT's own ReID backend (``boxmot.reid.core.ReID``, what its trackers build from
+``reid_weights``), feeds it the crops as a tracker does (a BGR frame and xyxy boxes), and compares
+with ``scireid.load(RUN).embed`` on the same crops:
+
+- the demo's test images as they are (128x64 files), and the same people rescaled to detector-crop
+  heights 80-400 px (PIL bicubic, aspect kept);
+- retrieval (general / cloth-changing R-1 and mAP) on the demo's test protocol with BoxMOT's features on
+  both sides against scireid's own;
+- OpenCV ``INTER_LINEAR`` preprocessing by hand into the default graph, the figure a user who follows
+  the contract with OpenCV instead of PIL gets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HEIGHTS = (80, 128, 200, 300, 400)
+
+
+def boxmot_features(reid, crops: list[Image.Image]) -> np.ndarray:
+    """Each crop pasted alone in a BGR frame, boxed exactly: what a tracker hands BoxMOT's ReID backend."""
+    out = []
+    for im in crops:
+        rgb = np.asarray(im.convert("RGB"))
+        frame = np.ascontiguousarray(rgb[..., ::-1])  # BoxMOT works on BGR frames (cv2)
+        h, w = rgb.shape[:2]
+        out.append(reid.get_features(np.array([[0, 0, w, h]], np.float32), frame)[0])
+    return np.stack(out)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    c = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"mean": float(c.mean()), "min": float(c.min())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("data", help="a synthetic set (scireid synth) with test/ and query/")
+    ap.add_argument("--out", default="boxmot_parity")
+    ap.add_argument("--images", type=int, default=120, help="crops per size for the cosine figures")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import cv2
+    import torch
+    from boxmot.reid.core import ReID
+
+    import scireid
+    from scireid.data.datasets import build_dataset
+    from scireid.deploy.export import export_onnx
+    from scireid.eval.protocols import run_protocols
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    emb = scireid.load(a.run, device="cpu")
+    ds = build_dataset("synthetic", Path(a.data))
+    test = [Image.open(r.path).convert("RGB") for r in ds.test]
+    sample = test[:: max(1, len(test) // a.images)][: a.images]
+    sizes = {"as stored (128x64)": sample}
+    for h in HEIGHTS:
+        sizes[f"{h} px tall"] = [im.resize((max(1, round(im.width * h / im.height)), h), Image.BICUBIC) for im in sample]
+    ours = {k: emb.embed(v).numpy() for k, v in sizes.items()}
+    ours_all = emb.embed(test).numpy()
+    res: dict = {"run": a.run, "images_per_size": len(sample), "boxmot": __import__("boxmot").__version__,
+                 "date": time.strftime("%Y-%m-%d"), "exports": {}}
+    ref = run_protocols(ds, ours_all)
+    res["scireid_retrieval"] = {k: {m: ref[k][m] for m in ("R-1", "mAP")} for k in ref}
+    exports = {"default graph": {}, "--for boxmot": {"input_norm": "imagenet"},
+               "--for boxmot --input-size 128x64": {"input_norm": "imagenet", "input_size": (128, 64)},
+               "--for boxmot --input-size 256x128": {"input_norm": "imagenet", "input_size": (256, 128)}}
+    for name, kw in exports.items():
+        path = out / (name.replace(" ", "_").replace("-", "").replace("/", "") + ".onnx")
+        export_onnx(a.run, path, **kw)
+        reid = ReID(weights=path, device=torch.device("cpu"), half=False).model
+        row = {"cosine_vs_scireid": {k: cosines(boxmot_features(reid, v), ours[k]) for k, v in sizes.items()}}
+        feats = boxmot_features(reid, test)
+        r = run_protocols(ds, feats)
+        row["retrieval"] = {k: {m: r[k][m] for m in ("R-1", "mAP")} for k in r}
+        res["exports"][name] = row
+        print(name, json.dumps(row["cosine_vs_scireid"]), json.dumps(row["retrieval"]), flush=True)
+    # the contract followed with OpenCV instead of PIL, into the default graph
+    from scireid.deploy.backend import OnnxBackend
+    ob = OnnxBackend(out / "default_graph.onnx")
+    pre = ob.pre
+    cv = {}
+    for k, v in sizes.items():
+        x = []
+        for im in v:
+            r = cv2.resize(np.asarray(im), (pre.width, pre.height), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+            x.append(((r / 255.0 - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)).transpose(2, 0, 1))
+        cv[k] = cosines(ob(np.stack(x)), ours[k])
+    res["opencv_contract_cosine"] = cv
+    print("OpenCV INTER_LINEAR contract", json.dumps(cv))
+    (out / "boxmot_parity.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
