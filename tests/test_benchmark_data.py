@@ -13,9 +13,9 @@ def test_gallery_reproduces_the_measured_feature_structure(structure):
     from deploy_speed import MEAN_NORM, SHARES, gallery, spectrum
     from feature_structure import dims_95, participation_ratio
     from feature_structure import structure as measure
-    g, q, pids, outfit = gallery(20000, 256, structure, n_queries=8, labels=True)
+    g, q, pids, outfit, qids = gallery(20000, 256, structure, n_queries=8, labels=True)
     np.testing.assert_allclose(np.linalg.norm(g, axis=1), 1.0, atol=1e-5)
-    assert q.shape == (8, 256)
+    assert q.shape == (16, 256) and qids.shape == (16,) and qids.max() <= pids.max()
     s = measure(g, pids, outfit)
     # the variance components and the mean are recovered (the L2 normalisation moves them a little)
     for part in ("between", "outfit", "within"):

@@ -405,3 +405,33 @@ def test_exclude_same_camera_works_from_names_and_is_never_silent(full_run, data
     plain = tmp_path / "plain.png"
     shutil.copy(q, plain)  # a name without a camera
     one_line_error(capsys, ["search", str(idx), str(plain), "--exclude-same-camera"], "no camera known for query")
+
+
+def test_approximate_index_recall_is_measured_on_unseen_people_and_after_add():
+    from scireid.deploy.index import Index, exact_topk
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(200), 6)
+    centres = rng.normal(size=(200, 32)).astype(np.float32)
+    f = centres[ids] + 0.7 * rng.normal(size=(len(ids), 32)).astype(np.float32)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    rows = [{"path": f"{i}.png", "pid": int(p)} for i, p in enumerate(ids)]
+    idx = Index.build(f, rows, "m", kind="hnsw", recall=0.9)
+    cal = idx.cal
+    assert cal.how.startswith("held-out identities")
+    held_pids = set(ids[cal.qi].tolist())
+    assert all(int(ids[j]) not in held_pids for t in cal.truth for j in t)  # their truth has none of their own rows
+    # the same without identities: rows, and the JSON says so
+    anon = Index.build(f, [{"path": r["path"]} for r in rows], "m", kind="ivf", recall=0.9)
+    assert anon.params["calibration"].startswith("held-out gallery rows")
+    # after add, the stored recall is re-measured against exact search over the grown gallery
+    extra = rng.normal(size=(300, 32)).astype(np.float32)
+    extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+    n0 = len(idx)
+    idx.add(extra, [{"path": f"x{i}"} for i in range(300)], "m")
+    assert idx.params["recall_measured_at_rows"] == n0 + 300
+    allf = np.concatenate([f, extra])
+    keep = np.setdiff1d(np.arange(len(allf)), cal.qi)
+    ref = exact_topk(allf[keep], cal.q, cal.k)
+    assert [set(keep[r].tolist()) for r in ref] == cal.truth
+    pq = Index.build(f, rows, "m", kind="ivf-pq", recall=0.5)
+    assert "approximate" in pq.params["scores"]

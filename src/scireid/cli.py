@@ -165,7 +165,9 @@ def cmd_index(a) -> int:
     rec = idx.params.get("recall@10_vs_exact")
     knobs = ", ".join(f"{k}={v}" for k, v in idx.settings.items())
     print(f"{out}: {len(idx)} vectors ({idx.kind}{' ' + knobs if knobs else ''}, {idx.dim}-d, model {idx.fingerprint})"
-          + (f"; recall@10 vs exact {rec:.3f}" if rec is not None else "") + f"; {len(s['skipped'])} images skipped")
+          + (f"; recall@10 vs exact {rec:.3f} ({idx.params.get('calibration', 'held-out rows')})" if rec is not None
+             else "") + (f"; scores are {idx.params['scores']}" if "scores" in idx.params else "")
+          + f"; {len(s['skipped'])} images skipped")
     return 0
 
 

@@ -126,8 +126,8 @@ def set_knob(index, kind: str, value: int) -> None:
         inner.nprobe = int(value)
 
 
-def exact_topk(feats: np.ndarray, queries: np.ndarray, k: int, chunk: int = 100_000) -> np.ndarray:
-    """Exact top-k row ids by inner product, the gallery in chunks (no second copy of a large gallery)."""
+def exact_topk(feats: np.ndarray, queries: np.ndarray, k: int, chunk: int = 100_000, scores: bool = False):
+    """Exact top-k row ids by inner product (and their scores), the gallery in chunks (no second copy)."""
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
     for s in range(0, len(feats), chunk):
@@ -138,7 +138,7 @@ def exact_topk(feats: np.ndarray, queries: np.ndarray, k: int, chunk: int = 100_
         cand_i = np.concatenate([best_i, part + s], 1)
         top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
         best_s, best_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
-    return best_i
+    return (best_i, best_s) if scores else best_i
 
 
 class Index:
@@ -148,6 +148,7 @@ class Index:
                  model: str = ""):
         self.index, self.kind, self.dim, self.fingerprint = faiss_index, kind, dim, fingerprint
         self.rows, self.params, self.model = rows, params, model
+        self.cal: Calibration | None = None  # approximate kinds: the queries their recall is measured with
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -155,7 +156,9 @@ class Index:
     @property
     def settings(self) -> dict[str, Any]:
         """The index's parameters without the tuning measurements."""
-        return {k: v for k, v in self.params.items() if k not in ("recall@10_vs_exact", "target_recall", "tuning")}
+        return {k: v for k, v in self.params.items()
+                if k not in ("recall@10_vs_exact", "target_recall", "tuning", "calibration", "recall_measured_at_rows",
+                             "scores")}
 
     @classmethod
     def build(cls, feats: np.ndarray, rows: list[dict], fingerprint: str, kind: str = "exact", model: str = "",
@@ -169,7 +172,8 @@ class Index:
             raise UserError(f"--kind ivf-pq: {len(feats)} gallery row(s), at least 2 are needed to train its codebooks; "
                             "use --kind exact")
         dim = feats.shape[1]
-        cal = Calibration(feats) if kind != "exact" and len(feats) > 1 else None
+        pids = np.array([r.get("pid", -1) if isinstance(r, dict) else -1 for r in rows])
+        cal = Calibration(feats, pids=pids) if kind != "exact" and len(feats) > 1 else None
         order = np.arange(len(feats)) if cal is None else cal.order
         n_cal = 0 if cal is None else len(cal.qi)
         pca_dims = [kw.pop("pca_dim", 0)]
@@ -191,6 +195,11 @@ class Index:
                 break
         if cal is not None:
             out._insert(feats, order[len(feats) - n_cal:], 0)
+            out.cal = cal
+            out.params["calibration"] = cal.how
+            out.params["recall_measured_at_rows"] = len(feats) - n_cal
+            if kind == "ivf-pq":
+                out.params["scores"] = "approximate (product-quantised codes), not exact cosines"
             if out.params["recall@10_vs_exact"] < recall:
                 log.warning("%s index: recall@10 vs exact %.3f at the largest setting, below the target %.2f",
                             kind, out.params["recall@10_vs_exact"], recall)
@@ -220,8 +229,13 @@ class Index:
             raise UserError(f"features have shape {feats.shape}, the index holds {self.dim}-d vectors")
         if len(feats) != len(rows):
             raise UserError(f"{len(feats)} feature rows but {len(rows)} metadata rows")
-        self._insert(feats, np.arange(len(feats)), len(self))
+        first = len(self)
+        self._insert(feats, np.arange(len(feats)), first)
         self.rows.extend(rows)
+        if self.cal is not None:  # the stored recall describes the index as it is now, not as it was built
+            self.cal.extend(feats, first)
+            self.params["recall@10_vs_exact"] = self.cal.recall_in(self)
+            self.params["recall_measured_at_rows"] = len(self)
 
     def _insert(self, feats: np.ndarray, which: np.ndarray, first_id: int, chunk: int = 65536) -> None:
         """Rows ``which`` of ``feats`` get ids ``first_id + which``; in chunks, so no second copy is made."""
@@ -297,7 +311,11 @@ class Index:
                               r.get("clothes_id", -1), r.get("timestamp", "")) for i, r in enumerate(self.rows)))
             con.commit()
             con.close()
-            files = {n: _sha256(tmp / n) for n in ("index.faiss", "rows.sqlite")}
+            names = ["index.faiss", "rows.sqlite"]
+            if self.cal is not None:
+                self.cal.save(tmp / "calibration.npz")
+                names.append("calibration.npz")
+            files = {n: _sha256(tmp / n) for n in names}
             atomic_write_json(tmp / "index.json", {"kind": self.kind, "dim": self.dim, "fingerprint": self.fingerprint,
                                                    "count": len(self), "params": self.params, "model": self.model,
                                                    "sha256": files})
@@ -360,7 +378,10 @@ class Index:
         params = meta.get("params", {})
         if kind in KNOB and KNOB[kind] in params:  # the tuned setting, whatever faiss serialises
             set_knob(idx, kind, params[KNOB[kind]])
-        return cls(idx, kind, dim, fp, rows, params, meta.get("model", ""))
+        out = cls(idx, kind, dim, fp, rows, params, meta.get("model", ""))
+        if (files / "calibration.npz").is_file():
+            out.cal = Calibration.load(files / "calibration.npz")
+        return out
 
 
 def _sha256(path: Path) -> str:
@@ -383,26 +404,89 @@ def _current_version(folder: Path) -> str | None:
 
 
 class Calibration:
-    """Held-out gallery rows as queries, with their exact top-k among the other rows.
+    """Queries an approximate index's recall@10 is tuned and reported on, with their exact top-k.
 
-    The index is tuned before these rows are added (``order`` puts them last), so that a query is new to
-    it, as a real one is: a row already in a graph or in its own inverted list is found too easily.
+    When the rows carry identities, whole identities are held out: their rows are the queries, and the
+    tuning gallery holds none of their images, as a query of someone new to the gallery would find it.
+    Otherwise held-out gallery rows are used (their people stay in the gallery; ``how`` says so). The
+    held-out rows join the index only after tuning; later measurements drop them from the results.
     """
 
-    def __init__(self, feats: np.ndarray, n_queries: int = 200, k: int = 10, seed: int = 0):
+    def __init__(self, feats: np.ndarray | None, n_queries: int = 200, k: int = 10, seed: int = 0,
+                 pids: np.ndarray | None = None):
+        if feats is None:  # filled by ``load``
+            return
         n = len(feats)
-        self.qi = np.sort(np.random.default_rng(seed).choice(n, size=max(1, min(n_queries, n // 4)), replace=False))
+        want = max(1, min(n_queries, n // 4))
+        rng = np.random.default_rng(seed)
+        known = np.unique(pids[pids >= 0]) if pids is not None and len(pids) == n else np.array([])
+        self.qi = None
+        if len(known) >= 4:
+            chosen, rows = [], 0
+            for pid in rng.permutation(known):
+                if rows >= want or len(chosen) >= len(known) // 2:
+                    break
+                chosen.append(pid)
+                rows += int((pids == pid).sum())
+            qi = np.flatnonzero(np.isin(pids, chosen))
+            if 0 < len(qi) < n:
+                self.qi = qi
+                self.how = (f"held-out identities: {len(chosen)} people ({len(self.qi)} query rows) absent from the "
+                            f"gallery it was tuned on")
+        if self.qi is None:
+            self.qi = np.sort(rng.choice(n, size=want, replace=False))
+            self.how = ("held-out gallery rows (identities unknown: their people stay in the gallery, so recall for "
+                        "people new to the gallery may be lower)")
         self.q = np.ascontiguousarray(feats[self.qi], dtype=np.float32)
         self.k = max(1, min(k, n - len(self.qi)))
         held = set(self.qi.tolist())
-        truth = exact_topk(feats, self.q, self.k + len(self.qi))
-        self.truth = [set([j for j in t if j not in held][:self.k]) for t in truth.tolist()]
+        ti, ts = exact_topk(feats, self.q, self.k + len(self.qi), scores=True)
+        keep = [[j for j, x in enumerate(t) if x not in held][:self.k] for t in ti.tolist()]
+        self.truth_i = np.array([[ti[r, j] for j in c] for r, c in enumerate(keep)], np.int64)
+        self.truth_s = np.array([[ts[r, j] for j in c] for r, c in enumerate(keep)], np.float32)
         self.order = np.concatenate([np.setdiff1d(np.arange(n), self.qi), self.qi])
 
+    @property
+    def truth(self) -> list[set]:
+        return [set(t.tolist()) for t in self.truth_i]
+
     def recall(self, index) -> float:
+        """While tuning: the held-out rows are not in the index yet."""
         _, got = index.search(self.q, self.k)
         found = [len(t & set(g[g >= 0].tolist())) for t, g in zip(self.truth, got)]
         return float(sum(found) / (self.k * len(self.qi)))
+
+    def recall_in(self, index) -> float:
+        """Once the held-out rows are in the index: search deeper and drop them."""
+        held = set(self.qi.tolist())
+        _, got = index.search(self.q, min(len(index), self.k + len(self.qi)))
+        found = [len(t & set([j for j in g.tolist() if j >= 0 and j not in held][:self.k]))
+                 for t, g in zip(self.truth, got)]
+        return float(sum(found) / (self.k * len(self.qi)))
+
+    def extend(self, feats: np.ndarray, first_id: int) -> None:
+        """Exact top-k over the gallery with ``feats`` added as ids ``first_id...``: merge, no full rescan."""
+        ni, ns = exact_topk(feats, self.q, self.k, scores=True)
+        s = np.concatenate([self.truth_s, ns], 1)
+        i = np.concatenate([self.truth_i, ni + first_id], 1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :self.k]
+        self.truth_s, self.truth_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, q=self.q, qi=self.qi, truth_i=self.truth_i, truth_s=self.truth_s, k=np.array(self.k),
+                     how=np.array(self.how))
+
+    @classmethod
+    def load(cls, path: Path) -> "Calibration":
+        try:
+            z = np.load(path, allow_pickle=False)
+            c = cls(None)
+            c.q, c.qi, c.truth_i, c.truth_s = z["q"], z["qi"], z["truth_i"], z["truth_s"]
+            c.k, c.how = int(z["k"]), str(z["how"])
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{path}: unreadable ({e}); rebuild the index") from None
+        return c
 
 
 def results_table(index: Index, queries: list[Item], scores: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
