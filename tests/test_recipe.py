@@ -131,3 +131,48 @@ def test_real_data_presets_keep_clip_reids_raw_forms(preset, variant):
     assert cfg.model.sim_residual == "absolute" and cfg.model.test_feature == "concat"
     assert cfg.data.padding == 10 and cfg.data.erasing_prob == 0.5  # CLIP-ReID's PADDING / RE_PROB at 256x128
     assert cfg.stage2.lr == 3.5e-4 and cfg.stage2.freeze_backbone_bn is False
+
+
+def test_default_stage2_loss_is_clipreids_formula(data_root, tmp_path):
+    """With the defaults the real-data presets keep (raw i2t, raw triplet), the stage-2 loss is CLIP-ReID's
+    make_loss: label-smoothed ID CE on both BN-neck logits + batch-hard triplet (margin 0.3, raw features) on
+    the layer3 / layer4 / projected features + label-smoothed CE of p . T^T, recomputed here in float64."""
+    import numpy as np
+    from conftest import tiny_cfg
+    from scireid.data.source import load_dataset
+    from scireid.engine.distributed import DistContext
+    from scireid.engine.tasks import Stage2Task
+    from scireid.engine.trainer import model_spec
+    from scireid.models.sci import SCIModel
+
+    cfg = tiny_cfg(data_root, tmp_path / "r", "stage2.i2t_logits=raw", "stage2.triplet_normalize=false",
+                   "stage2.cal=false", "model.sse=false", "model.sim=false", "stage2.freeze_backbone_bn=false")
+    ds = load_dataset(cfg)
+    torch.manual_seed(0)
+    model = SCIModel(model_spec(cfg, ds))
+    model.prototypes.normal_()
+    task = Stage2Task(model, ds, cfg, DistContext())
+    imgs = torch.randn(8, 3, 64, 32)
+    pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    loss, terms, _ = task.step((imgs, pids, None, torch.zeros(8, dtype=torch.long), None), epoch=0)
+    with torch.no_grad():
+        out = model(imgs)  # train mode: the same batch statistics as the step used
+    y = pids.numpy()
+
+    def ce_smooth(z, eps=0.1):
+        z = z.astype(np.float64)
+        lp = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+        t = np.full_like(lp, eps / z.shape[1])
+        t[np.arange(len(y)), y] += 1 - eps
+        return float(-(t * lp).sum(1).mean())
+
+    def triplet(f, m=0.3):
+        f = f.astype(np.float64)
+        d = np.sqrt(np.maximum(((f[:, None] - f[None]) ** 2).sum(-1), 1e-12))
+        same = y[:, None] == y[None]
+        return float(np.maximum(np.where(same, d, -np.inf).max(1) - np.where(~same, d, np.inf).min(1) + m, 0).mean())
+    o = {k: v.detach().numpy() for k, v in out.items()}
+    ref = (ce_smooth(o["logits_g"]) + ce_smooth(o["logits_p"]) + sum(triplet(o[k]) for k in ("mid", "g", "p"))
+           + ce_smooth(o["p"].astype(np.float64) @ model.prototypes.numpy().astype(np.float64).T))
+    assert loss.item() == pytest.approx(ref, rel=1e-5)
+    assert terms["i2t"] == pytest.approx(ce_smooth(o["p"].astype(np.float64) @ model.prototypes.numpy().T), rel=1e-5)

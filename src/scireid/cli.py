@@ -73,7 +73,8 @@ def cmd_eval(a) -> int:
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
-    run_demo(a.out, quick=a.quick, seed=a.seed, overrides=a.overrides, ids=a.ids or (80 if a.quick else 120))
+    run_demo(a.out, quick=a.quick, seed=a.seed, overrides=a.overrides, ids=a.ids or (80 if a.quick else 120),
+             jobs=a.jobs)
     return 0
 
 
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--ids", type=int, help="identities in the synthetic set, half train, half test (default 120; "
                                            "80 with --quick)")
+    d.add_argument("--jobs", type=int, default=0, help="runs trained at once, each in its own process "
+                                                      "(default: 2 on 2+ cores)")
     d.add_argument("overrides", nargs="*", help="section.key=value applied to every variant")
     d.set_defaults(fn=cmd_demo)
 
@@ -424,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_counts(args) -> None:
     """Counts any command takes (--topk, --queries, --batch, --chunk, --workers), checked before any work."""
     from .errors import ConfigError
-    for name, low in (("topk", 1), ("queries", 1), ("batch", 1), ("chunk", 1), ("workers", 0), ("ids", 1)):
+    for name, low in (("topk", 1), ("queries", 1), ("batch", 1), ("chunk", 1), ("workers", 0), ("ids", 1),
+                      ("jobs", 0)):
         v = getattr(args, name, None)
         if isinstance(v, int) and v < low:
             raise ConfigError(f"--{name} {v}: expected an integer >= {low}")

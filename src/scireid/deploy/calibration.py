@@ -1,0 +1,112 @@
+"""What an approximate index's recall is measured with: held-out queries and their exact top-k."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+
+def exact_topk(feats: np.ndarray, queries: np.ndarray, k: int, chunk: int = 100_000, scores: bool = False):
+    """Exact top-k row ids by inner product (and their scores), the gallery in chunks (no second copy)."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for s in range(0, len(feats), chunk):
+        sc = queries @ np.asarray(feats[s:s + chunk], np.float32).T
+        kk = min(k, sc.shape[1])
+        part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
+        cand_s = np.concatenate([best_s, np.take_along_axis(sc, part, 1)], 1)
+        cand_i = np.concatenate([best_i, part + s], 1)
+        top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
+    return (best_i, best_s) if scores else best_i
+
+
+class Calibration:
+    """Queries an approximate index's recall@10 is tuned and reported on, with their exact top-k.
+
+    When the rows carry identities, whole identities are held out: their rows are the queries, and the
+    tuning gallery holds none of their images, as a query of someone new to the gallery would find it.
+    Otherwise held-out gallery rows are used (their people stay in the gallery; ``how`` says so). The
+    held-out rows join the index only after tuning; later measurements drop them from the results.
+    """
+
+    def __init__(self, feats: np.ndarray | None, n_queries: int = 200, k: int = 10, seed: int = 0,
+                 pids: np.ndarray | None = None):
+        if feats is None:  # filled by ``load``
+            return
+        n = len(feats)
+        want = max(1, min(n_queries, n // 4))
+        rng = np.random.default_rng(seed)
+        known = np.unique(pids[pids >= 0]) if pids is not None and len(pids) == n else np.array([])
+        self.qi = None
+        if len(known) >= 4:
+            chosen, rows = [], 0
+            for pid in rng.permutation(known):
+                if rows >= want or len(chosen) >= len(known) // 2:
+                    break
+                chosen.append(pid)
+                rows += int((pids == pid).sum())
+            qi = np.flatnonzero(np.isin(pids, chosen))
+            if 0 < len(qi) < n:
+                self.qi = qi
+                self.how = (f"held-out identities: {len(chosen)} people ({len(self.qi)} query rows) absent from the "
+                            f"gallery it was tuned on")
+        if self.qi is None:
+            self.qi = np.sort(rng.choice(n, size=want, replace=False))
+            self.how = ("held-out gallery rows (identities unknown: their people stay in the gallery, so recall for "
+                        "people new to the gallery may be lower)")
+        self.q = np.ascontiguousarray(feats[self.qi], dtype=np.float32)
+        self.k = max(1, min(k, n - len(self.qi)))
+        held = set(self.qi.tolist())
+        ti, ts = exact_topk(feats, self.q, self.k + len(self.qi), scores=True)
+        keep = [[j for j, x in enumerate(t) if x not in held][:self.k] for t in ti.tolist()]
+        self.truth_i = np.array([[ti[r, j] for j in c] for r, c in enumerate(keep)], np.int64)
+        self.truth_s = np.array([[ts[r, j] for j in c] for r, c in enumerate(keep)], np.float32)
+        self.order = np.concatenate([np.setdiff1d(np.arange(n), self.qi), self.qi])
+
+    @property
+    def truth(self) -> list[set]:
+        return [set(t.tolist()) for t in self.truth_i]
+
+    def recall(self, index) -> float:
+        """While tuning: the held-out rows are not in the index yet."""
+        _, got = index.search(self.q, self.k)
+        found = [len(t & set(g[g >= 0].tolist())) for t, g in zip(self.truth, got)]
+        return float(sum(found) / (self.k * len(self.qi)))
+
+    def recall_in(self, index) -> float:
+        """Once the held-out rows are in the index: search deeper and drop them."""
+        held = set(self.qi.tolist())
+        _, got = index.search(self.q, min(len(index), self.k + len(self.qi)))
+        found = [len(t & set([j for j in g.tolist() if j >= 0 and j not in held][:self.k]))
+                 for t, g in zip(self.truth, got)]
+        return float(sum(found) / (self.k * len(self.qi)))
+
+    def extend(self, feats: np.ndarray, first_id: int) -> None:
+        """Exact top-k over the gallery with ``feats`` added as ids ``first_id...``: merge, no full rescan."""
+        ni, ns = exact_topk(feats, self.q, self.k, scores=True)
+        s = np.concatenate([self.truth_s, ns], 1)
+        i = np.concatenate([self.truth_i, ni + first_id], 1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :self.k]
+        self.truth_s, self.truth_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, q=self.q, qi=self.qi, truth_i=self.truth_i, truth_s=self.truth_s, k=np.array(self.k),
+                     how=np.array(self.how))
+
+    @classmethod
+    def load(cls, path: Path) -> "Calibration":
+        try:
+            z = np.load(path, allow_pickle=False)
+            c = cls(None)
+            c.q, c.qi, c.truth_i, c.truth_s = z["q"], z["qi"], z["truth_i"], z["truth_s"]
+            c.k, c.how = int(z["k"]), str(z["how"])
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{path}: unreadable ({e}); rebuild the index") from None
+        return c
+
+
+__all__ = ["Calibration", "exact_topk"]
