@@ -176,6 +176,14 @@ def test_index_files_are_verified_and_broken_ones_named(index_dir, data_root, ca
     from scireid.deploy.index import Index
     cur = index_dir / (index_dir / "CURRENT").read_text().strip()
     q = str(sorted((data_root / "query").glob("*.png"))[0])
+    meta = cur / "index.json"
+    good = meta.read_text()
+    m = json.loads(good)
+    m["sha256"] = {}  # an edited index.json whose dimension no longer fits index.faiss
+    m["dim"] = m["dim"] + 1
+    meta.write_text(json.dumps(m))
+    one_line_error(capsys, ["search", str(index_dir), q], "index.json: says dim")
+    meta.write_text(good)
     f = cur / "index.faiss"
     raw = bytearray(f.read_bytes())
     raw[-200:-136] = bytes(64)
@@ -183,8 +191,7 @@ def test_index_files_are_verified_and_broken_ones_named(index_dir, data_root, ca
     one_line_error(capsys, ["search", str(index_dir), q], "index.faiss", "checksum")
     f.write_bytes(bytes(raw[:100]))  # truncated
     one_line_error(capsys, ["search", str(index_dir), q], "index.faiss")
-    meta = cur / "index.json"
-    meta.write_text(meta.read_text()[:30])
+    meta.write_text(good[:30])
     one_line_error(capsys, ["search", str(index_dir), q], "index.json: corrupt")
     assert not Index.exists(index_dir.parent / "nothing")
 
