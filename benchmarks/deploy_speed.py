@@ -249,7 +249,7 @@ def search_markdown(rows: list[dict], cmd: str, target: float, features: str | N
               SHARES["between"], SHARES["outfit"], SHARES["within"], MEAN_NORM, MEASURED["participation_ratio"],
               MEASURED["tail_alpha"])) +
          " searched as one batch; time per query = batch time / 256 (after a warm-up). Each approximate kind is "
-         "built with `Index.build(recall=%.2f)`, which tunes its knob on 200 held-out gallery rows (build s includes "
+         "built with `Index.build(recall=%.2f)`, which tunes its knob on held-out queries (build s includes "
          "the tuning); the knob's double is shown too. recall@10 is measured on the benchmark's queries against the "
          "exact top-10 of the numpy baseline (matmul + argpartition over the gallery in chunks)." % target, "",
          "Every 10th identity is left out of the synthetic gallery; 256 of its images are queries of people new "
