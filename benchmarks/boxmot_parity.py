@@ -80,7 +80,8 @@ def main() -> None:
     res["scireid_retrieval"] = {k: {m: ref[k][m] for m in ("R-1", "mAP")} for k in ref}
     exports = {"default graph": {}, "--for boxmot": {"input_norm": "imagenet"},
                "--for boxmot --input-size 128x64": {"input_norm": "imagenet", "input_size": (128, 64)},
-               "--for boxmot --input-size 256x128": {"input_norm": "imagenet", "input_size": (256, 128)}}
+               "--for boxmot --input-size 256x128": {"input_norm": "imagenet", "input_size": (256, 128)},
+               "--for boxmot --input-size 512x256": {"input_norm": "imagenet", "input_size": (512, 256)}}
     for name, kw in exports.items():
         path = out / (name.replace(" ", "_").replace("-", "").replace("/", "") + ".onnx")
         export_onnx(a.run, path, **kw)
