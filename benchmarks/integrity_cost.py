@@ -34,7 +34,8 @@ def main() -> None:
     a = ap.parse_args()
     from scireid.data.records import Record, ReIDDataset
     from scireid.data.source import fingerprint
-    from scireid.deploy.index import Index, _sha256
+    from scireid.deploy.backend import file_hash
+    from scireid.deploy.index import Index
     from scireid.engine.checkpoint import load_weights, save_weights, tensors_sha256
     from scireid.models.sci import ModelSpec, SCIModel
 
@@ -57,7 +58,7 @@ def main() -> None:
         idx.save(tmp / "idx")
         cur = tmp / "idx" / (tmp / "idx" / "CURRENT").read_text().strip()
         fmb = (cur / "index.faiss").stat().st_size / 2 ** 20
-        h = best_of(lambda: [_sha256(cur / n) for n in ("index.faiss", "rows.sqlite")])
+        h = best_of(lambda: [file_hash(cur / n, 64) for n in ("index.faiss", "rows.sqlite")])
         plain = best_of(lambda: Index.load(tmp / "idx", verify=False))
         checked = best_of(lambda: Index.load(tmp / "idx", verify=True))
         rows.append(("index checksum (SHA-256 of index.faiss + rows.sqlite)",

@@ -126,10 +126,11 @@ def cmd_embed(a) -> int:
     return 0
 
 
-def _embed_for_index(a, out_feats):
+def _embed_for_index(a, out_feats, backend=None):
     from .deploy.embed import embed, load_features
     from .deploy.inputs import read_inputs
-    s = embed(a.model, read_inputs(a.input, a.frames), out_feats, batch=a.batch, workers=a.workers, device=a.device)
+    s = embed(a.model, read_inputs(a.input, a.frames), out_feats, batch=a.batch, workers=a.workers, device=a.device,
+              backend=backend)
     feats, side = load_features(out_feats)  # memory-mapped: the index holds the only copy in RAM
     return feats, side, s
 
@@ -151,12 +152,13 @@ def cmd_index(a) -> int:
     elif not Index.exists(out):
         raise UserError(f"{out}: no index there to add to; build one with 'scireid index build'")
     with RunLock(out):
+        from .deploy.backend import check_fingerprint, open_backend
+        be = open_backend(a.model, a.device)  # loaded once: checked against the index, then used to embed
         if a.icmd == "add":
-            from .deploy.backend import check_fingerprint, open_backend
             idx = Index.load(out)
-            check_fingerprint(open_backend(a.model, a.device).fingerprint, idx.fingerprint, f"index {out}")
+            check_fingerprint(be.fingerprint, idx.fingerprint, f"index {out}")
         with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-            feats, side, s = _embed_for_index(a, Path(tmp) / "feats.npy")
+            feats, side, s = _embed_for_index(a, Path(tmp) / "feats.npy", be)
             if a.icmd == "build":
                 idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model),
                                   recall=a.recall, store=a.store)

@@ -115,10 +115,12 @@ def _curves(run: Path) -> list[dict[str, Any]]:
 def _worker_init(threads: int, verbose: bool) -> None:
     """A run in its own process: its share of the cores, and our log lines on stderr."""
     import torch
+
+    from .cli import _setup_logging
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
-    logging.getLogger("scireid").setLevel(logging.INFO if verbose else logging.WARNING)
+    _setup_logging(False)
+    if not verbose:
+        logging.getLogger("scireid").setLevel(logging.WARNING)
 
 
 def default_jobs() -> int:
@@ -209,13 +211,13 @@ def build_report(out: Path, runs: Path, results: dict[str, dict[int, dict[str, A
     from .analysis.mechanism import mechanism_figure
     mech_png = mechanism_figure(checks, out / "mechanism.png").name if checks else None
     timing = {f"{v}-seed{s}": r.get("seconds") for v, rs in results.items() for s, r in rs.items()}
+    cached = sum(1 for v, rs in results.items() if v != "zero-shot" for r in rs.values() if r.get("cached"))
     cfg = load_config("synthetic", list(overrides))
     report = {"quick": quick, "seeds": seeds, "arch": cfg.model.arch, "weights": cfg.model.weights,
               "input": f"{cfg.data.height}x{cfg.data.width}", "table": table, "val_table": val_table,
-              "differences_vs_baseline": verdicts, "val_differences_vs_baseline": val_verdicts, "zero_shot_features": zero_shot_features,
-              "component_checks": checks, "timings_s": timing, "total_s": seconds,
-              "cached_runs": sum(1 for v, rs in results.items() if v != "zero-shot" for r in rs.values() if r.get("cached")), "curves": curves_png,
-              "mechanism_figure": mech_png}
+              "differences_vs_baseline": verdicts, "val_differences_vs_baseline": val_verdicts,
+              "zero_shot_features": zero_shot_features, "component_checks": checks, "timings_s": timing,
+              "total_s": seconds, "cached_runs": cached, "curves": curves_png, "mechanism_figure": mech_png}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
     return report

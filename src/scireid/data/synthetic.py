@@ -337,25 +337,4 @@ def ensure_synthetic(root: str | Path, ids: int = 120, seed: int = 0) -> Path:
                                f"version={meta.get('version')}, not ids={ids} seed={seed} version={GENERATOR_VERSION}; "
                                f"choose another folder")
         return root
-    import shutil
-    tmp = root.with_name(root.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        generate(tmp, ids=ids, seed=seed, progress=True)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        from .records import DatasetError
-        raise DatasetError(f"{root}: could not write the synthetic set ({e.strerror or e}); nothing was left behind") from None
-    if root.exists():  # e.g. an empty folder the user made: fill it
-        _move_into(tmp, root)
-    else:
-        tmp.rename(root)
-    return root
-
-
-def _move_into(src: Path, dst: Path) -> None:
-    import shutil
-    for p in src.iterdir():
-        shutil.move(str(p), str(dst / p.name))
-    src.rmdir()
+    return generate_complete(root, ids=ids, seed=seed)

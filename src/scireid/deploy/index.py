@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io_utils import atomic_write_json, atomic_write_text
-from .backend import check_fingerprint
+from .backend import check_fingerprint, file_hash
 from .calibration import Calibration, exact_topk  # noqa: F401  (exact_topk: re-exported)
 from .inputs import Item
 
@@ -301,7 +301,7 @@ class Index:
             if self.cal is not None:
                 self.cal.save(tmp / "calibration.npz")
                 names.append("calibration.npz")
-            files = {n: _sha256(tmp / n) for n in names}
+            files = {n: file_hash(tmp / n, 64) for n in names}
             atomic_write_json(tmp / "index.json", {"kind": self.kind, "dim": self.dim, "fingerprint": self.fingerprint,
                                                    "count": len(self), "params": self.params, "model": self.model,
                                                    "sha256": files})
@@ -341,7 +341,7 @@ class Index:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise UserError(f"{files / 'index.json'}: corrupt ({type(e).__name__}: {e}); rebuild the index") from None
         for name, want in (meta.get("sha256") or {}).items():
-            if verify and _sha256(files / name) != want:
+            if verify and file_hash(files / name, 64) != want:
                 raise UserError(f"{files / name}: does not match the checksum recorded when the index was written "
                                 f"(corrupted or modified on disk); rebuild the index")
         try:
@@ -368,15 +368,6 @@ class Index:
         if (files / "calibration.npz").is_file():
             out.cal = Calibration.load(files / "calibration.npz")
         return out
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _current_version(folder: Path) -> str | None:

@@ -166,9 +166,6 @@ def check_resume_data(run: Path, ds: ReIDDataset) -> None:
     """--resume continues on the images the run started with, or stops in one line."""
     from ..data.source import same_data
     from ..errors import DatasetError
-    if not (run / "config.yaml").exists():
-        raise ConfigError(f"--resume --out {run}: no run there to resume (no config.yaml); check the folder, or "
-                          f"drop --resume to start a new run")
     expected = None
     if (run / "data.json").is_file():
         from ..io_utils import read_json
@@ -263,9 +260,9 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
         save_weights(run / "model_last.safetensors", model,
                      meta_base | {"stage": "stage2", "epoch": cfg.stage2.epochs, "results": last_eval.get("results", {})})
         result = {"last": last_eval.get("results", {}), "best": task.best, "selection": last_eval.get("protocol")}
-        atomic_write_json(run / "results.json", result)
         if last_eval.get("val"):
             result["last_val"] = last_eval["val"]
+        atomic_write_json(run / "results.json", result)
         if task.best:
             log.info("best checkpoint by %s %s R-1: epoch %d (%.1f); last epoch reported above",
                      task.best.get("split", "test"), task.best["protocol"], task.best["epoch"], task.best["score"])
