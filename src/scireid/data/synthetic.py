@@ -242,13 +242,13 @@ def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, o
     import sys
 
     out = Path(out)
-    for sub in ("train", "query", "test", "masks", "val/query", "val/test"):
+    n_val = max(4, ids // 3) if val_ids is None else val_ids
+    for sub in ("train", "query", "test", "masks") + (("val/query", "val/test") if n_val else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     cams = [_rand_camera(rng) for _ in range(cameras)]
     catalogue = [_rand_outfit(rng) for _ in range(outfit_pool or max(12, ids // 3))]
     people = [_rand_identity(rng) for _ in range(ids)]
-    n_val = max(4, ids // 3) if val_ids is None else val_ids
     vrng = np.random.default_rng((0x7A11D, seed))  # the validation people's own stream
     val_people = [_rand_identity(vrng) for _ in range(n_val)]
     worn: list[list[int]] = []
