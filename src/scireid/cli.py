@@ -249,7 +249,7 @@ def cmd_export(a) -> int:
         imgs = [it.path for it in items]
     if a.static_batch is not None and a.static_batch < 1:
         raise UserError(f"--static-batch {a.static_batch}: expected a batch size >= 1")
-    from .deploy.export import CONSUMERS
+    from .deploy.export import CONSUMERS, consumer_input_size
     input_norm = CONSUMERS[a.for_tool]["input_norm"] if a.for_tool else a.input_norm
     if a.for_tool and a.input_norm not in ("model", input_norm):
         raise UserError(f"--for {a.for_tool} feeds {input_norm}-normalised input; drop --input-norm {a.input_norm}")
@@ -260,8 +260,14 @@ def cmd_export(a) -> int:
             size = (h, w)
         except ValueError:
             raise UserError(f"--input-size {a.input_size}: expected HxW, e.g. 256x128") from None
+    consumer = CONSUMERS.get(a.for_tool, {})
+    resize = a.consumer_resize or consumer.get("consumer_resize", "pil")
+    if size is None and consumer:
+        from .deploy.backend import TorchBackend
+        pre = TorchBackend(a.run, device="cpu").pre
+        size = consumer_input_size(pre.height, pre.width)
     info = export_onnx(a.run, a.out, opset=a.opset, static_batch=a.static_batch, fp16=a.fp16, input_norm=input_norm,
-                       input_size=size)
+                       input_size=size, consumer_resize=resize)
     n = "N" if a.static_batch is None else str(a.static_batch)
     print(f"wrote {info['onnx']}: input images {n} x 3 x {info['preprocess']}; output {n} x {info['dim']} "
           f"L2-normalised; fingerprint {info['fingerprint']}")
@@ -269,7 +275,8 @@ def cmd_export(a) -> int:
         r = check_parity(a.run, a.out, imgs)
         by_cosine = a.fp16 or r["consumer_preprocessing"]
         tol_ok = r["min_cosine"] >= 0.999 if by_cosine else r["max_abs_diff"] <= 1e-4
-        how = " (graph fed as the consumer prepares crops: OpenCV INTER_LINEAR)" if r["consumer_preprocessing"] else ""
+        how = (f" (graph fed as the consumer prepares crops: {r['consumer_resize']})"
+               if r["consumer_preprocessing"] else "")
         print(f"parity on {r['images']} images{how}: max |diff| {r['max_abs_diff']:.2e}, min cosine "
               f"{r['min_cosine']:.6f}, mean {r['mean_cosine']:.6f} "
               f"({'OK' if tol_ok else 'FAILED'}: {'cosine >= 0.999' if by_cosine else 'max |diff| <= 1e-4'})")
@@ -410,10 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--input-norm", default="model", choices=["model", "imagenet"],
                     help="what the graph takes: our mean/std-normalised RGB (model) or ImageNet-normalised RGB")
     ex.add_argument("--for", dest="for_tool", choices=["boxmot"],
-                    help="a graph for this tool's ReID backend (boxmot: --input-norm imagenet)")
+                    help="a graph for this tool's ReID backend (boxmot: --input-norm imagenet --consumer-resize "
+                         "opencv --input-size 512x256 for a 64x32 or 256x128 model)")
     ex.add_argument("--input-size", metavar="HxW",
-                    help="the graph takes HxW and shrinks it to the model's size with PIL's bilinear weights "
-                         "(for tools that resize with OpenCV)")
+                    help="the graph takes HxW and shrinks it to the model's size inside (see --consumer-resize)")
+    ex.add_argument("--consumer-resize", choices=["pil", "opencv"],
+                    help="how the consumer brings crops to --input-size: pil (the graph shrinks with PIL's bilinear "
+                         "weights) or opencv (INTER_LINEAR; the graph's shrink is fitted to undo it). Default: "
+                         "opencv with --for, else pil")
     ex.add_argument("--static-batch", type=int, metavar="N",
                     help="fix the batch size at N (for runtimes that need it; scireid pads the last batch)")
     ex.add_argument("--fp16", action="store_true")

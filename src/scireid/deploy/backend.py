@@ -32,14 +32,28 @@ class Preprocess:
     colour_order: str = "RGB"
 
     def __call__(self, img: Image.Image) -> np.ndarray:
-        """(3, H, W) float32, normalised."""
-        x = np.asarray(img.convert("RGB").resize((self.width, self.height), Image.BILINEAR), dtype=np.float32) / 255.0
+        """(3, H, W) float32, normalised. ``opencv-linear``: a graph made for a tool that resizes with OpenCV
+        (``scireid export --for boxmot``) is fed as that tool feeds it."""
+        rgb = img.convert("RGB")
+        if self.interpolation == "opencv-linear":
+            import cv2
+            x = cv2.resize(np.asarray(rgb), (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+        else:
+            x = np.asarray(rgb.resize((self.width, self.height), Image.BILINEAR))
+        x = x.astype(np.float32) / 255.0
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
     def describe(self) -> str:
         return (f"{self.height}x{self.width} {self.interpolation} {self.colour_order} mean={list(self.mean)} "
                 f"std={list(self.std)}")
+
+
+def graph_input_preprocess(g: dict) -> Preprocess:
+    """What an export's ``scireid_graph_input`` metadata asks for: its size and mean/std, resized the consumer's
+    way (OpenCV INTER_LINEAR for a graph fitted to undo it, else PIL bilinear)."""
+    interp = "opencv-linear" if g.get("consumer_resize") == "opencv" else "bilinear"
+    return Preprocess(g["height"], g["width"], tuple(g["mean"]), tuple(g["std"]), interp, "RGB")
 
 
 def file_hash(path: str | Path, n: int = 16) -> str:
@@ -106,9 +120,7 @@ class OnnxBackend:
         self.fingerprint = meta["scireid_fingerprint"]
         self.dim = int(meta["scireid_dim"])
         if "scireid_graph_input" in meta:  # a graph made for another tool's input: feed it what it expects
-            g = json.loads(meta["scireid_graph_input"])
-            self.pre = Preprocess(g["height"], g["width"], tuple(g["mean"]), tuple(g["std"]), self.pre.interpolation,
-                                  self.pre.colour_order)
+            self.pre = graph_input_preprocess(json.loads(meta["scireid_graph_input"]))
 
         shape = self.session.get_inputs()[0].shape
         self.static_batch = shape[0] if isinstance(shape[0], int) else None  # a graph exported with a fixed batch

@@ -17,15 +17,23 @@ import torch
 
 from ..errors import UserError
 from ..io_utils import atomic_write
-from .backend import TorchBackend, make_fingerprint
+from .backend import TorchBackend, graph_input_preprocess, make_fingerprint
 
 log = logging.getLogger("scireid")
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# what a consumer feeds, by name: BoxMOT normalises every crop with ImageNet mean/std (its base_backend.py)
-CONSUMERS = {"boxmot": {"input_norm": "imagenet"}}
+# what a consumer feeds, by name: BoxMOT normalises every crop with ImageNet mean/std (its base_backend.py) after
+# resizing it with OpenCV INTER_LINEAR to the graph's input size (its core/preprocessing.py)
+CONSUMERS = {"boxmot": {"input_norm": "imagenet", "consumer_resize": "opencv"}}
+
+
+def consumer_input_size(height: int, width: int) -> tuple[int, int]:
+    """The input size ``--for`` picks: at least 512 px tall (crops up to that size reach the graph by OpenCV's
+    upsample, which the fitted inside resize undoes best), at least twice the model's, the model's aspect."""
+    h = max(512, 2 * height)
+    return h, round(h * width / height)
 
 
 class _TestForward(torch.nn.Module):
@@ -33,11 +41,12 @@ class _TestForward(torch.nn.Module):
 
     ``in_mean``/``in_std``: the normalisation the consumer applied; a per-channel multiply-add turns it
     into ours. ``in_size``: the graph takes that size and shrinks it to the model's with PIL's own
-    bilinear (antialiased) weights, as scireid's preprocessing would have.
+    bilinear (antialiased) weights, as scireid's preprocessing would have (``consumer_resize`` ``pil``), or with
+    weights fitted to undo the consumer's OpenCV resize first (``opencv``; see ``resample.py``).
     """
 
     def __init__(self, model, half: bool, mean=None, std=None, in_mean=None, in_std=None, in_size=None,
-                 out_size=None):
+                 out_size=None, consumer_resize: str = "pil"):
         super().__init__()
         self.model = model.half() if half else model
         self.half = half
@@ -49,9 +58,10 @@ class _TestForward(torch.nn.Module):
             self.register_buffer("shift", b.view(1, 3, 1, 1))
         self.resize = in_size is not None and tuple(in_size) != tuple(out_size)
         if self.resize:
-            from .resample import pil_bilinear_matrix
-            self.register_buffer("ah", torch.tensor(pil_bilinear_matrix(in_size[0], out_size[0]), dtype=torch.float32))
-            self.register_buffer("aw", torch.tensor(pil_bilinear_matrix(in_size[1], out_size[1]), dtype=torch.float32))
+            from .resample import inside_resize
+            ah, aw = inside_resize(consumer_resize, tuple(in_size), tuple(out_size))
+            self.register_buffer("ah", torch.tensor(ah, dtype=torch.float32))
+            self.register_buffer("aw", torch.tensor(aw, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images
@@ -66,15 +76,19 @@ class _TestForward(torch.nn.Module):
 
 def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch: bool = True, fp16: bool = False,
                 static_batch: int | None = None, input_norm: str = "model",
-                input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+                input_size: tuple[int, int] | None = None, consumer_resize: str = "pil") -> dict[str, Any]:
     """``static_batch`` N fixes the graph's batch at N (else dynamic, unless ``dynamic_batch=False``: 2).
 
     ``input_norm``: ``model`` (the graph takes our mean/std-normalised RGB) or ``imagenet`` (ImageNet-
     normalised RGB, e.g. BoxMOT's crops; ours is applied inside). ``input_size`` (H, W): the graph takes
-    that size and resizes inside with PIL's bilinear weights (for consumers that resize with OpenCV).
+    that size and resizes inside to the model's. ``consumer_resize``: how the consumer brought its crops to that
+    size: ``pil`` (the inside resize is PIL's bilinear) or ``opencv`` (INTER_LINEAR; the inside resize is fitted
+    to undo it, see ``resample.py``).
     """
     if input_norm not in ("model", "imagenet"):
         raise UserError(f"--input-norm {input_norm}: expected model or imagenet")
+    if consumer_resize not in ("pil", "opencv"):
+        raise UserError(f"--consumer-resize {consumer_resize}: expected pil or opencv")
     import onnx
 
     out = Path(out)
@@ -87,11 +101,16 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
     in_h, in_w = input_size or (pre.height, pre.width)
     if in_h < 1 or in_w < 1:
         raise UserError(f"--input-size {in_h}x{in_w}: expected positive sizes")
+    resized = (in_h, in_w) != (pre.height, pre.width)
+    if consumer_resize == "opencv" and (in_h < pre.height or in_w < pre.width):
+        raise UserError(f"--input-size {in_h}x{in_w}: a graph that undoes OpenCV's resize takes at least the model's "
+                        f"{pre.height}x{pre.width} (512x256 or more works best)")
     adapt = input_norm != "model"
     wrapper = _TestForward(model, fp16, pre.mean, pre.std, in_mean if adapt else None, in_std if adapt else None,
-                           (in_h, in_w), (pre.height, pre.width)).eval()
+                           (in_h, in_w), (pre.height, pre.width), consumer_resize).eval()
     graph_input = {"height": in_h, "width": in_w, "mean": list(in_mean), "std": list(in_std), "norm": input_norm,
-                   "resize_inside": [pre.height, pre.width] if (in_h, in_w) != (pre.height, pre.width) else None}
+                   "resize_inside": [pre.height, pre.width] if resized else None,
+                   "consumer_resize": consumer_resize if resized else None}
     if static_batch is not None:
         dynamic_batch = False
     x = torch.randn(static_batch or 2, 3, in_h, in_w)
@@ -135,24 +154,20 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
     log.info("exported %s -> %s (%s, fingerprint %s)", be.ckpt, out, "fp16" if fp16 else "fp32", fingerprint)
     shown = pre.describe() if not adapt and (in_h, in_w) == (pre.height, pre.width) else (
         f"{in_h}x{in_w} RGB mean={list(in_mean)} std={list(in_std)}" +
-        (f" (resized to {pre.height}x{pre.width} inside, PIL bilinear)" if (in_h, in_w) != (pre.height, pre.width) else ""))
+        (f" (resized to {pre.height}x{pre.width} inside, " +
+         ("PIL bilinear)" if consumer_resize == "pil" else "undoing OpenCV INTER_LINEAR)") if resized else ""))
     return {"onnx": str(out), "fingerprint": fingerprint, "dim": model.feat_dim, "preprocess": shown,
             "graph_input": graph_input}
 
 
 def consumer_input(img, graph_input: dict) -> np.ndarray:
-    """(3, H, W) float32 prepared as BoxMOT prepares a crop: OpenCV INTER_LINEAR to the graph's input size on the
-    uint8 image, then /255 and the graph's input mean/std (its ``prepare_crop_batch``)."""
-    try:
-        import cv2
-    except ImportError:
-        raise UserError("checking a graph made for another tool prepares crops as that tool does, with OpenCV: "
-                        "pip install opencv-python-headless (or scireid[track])") from None
-    rgb = np.asarray(img.convert("RGB"))
-    x = cv2.resize(rgb, (graph_input["width"], graph_input["height"]), interpolation=cv2.INTER_LINEAR)
-    x = x.astype(np.float32) / 255.0
-    x = (x - np.asarray(graph_input["mean"], np.float32)) / np.asarray(graph_input["std"], np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """(3, H, W) float32 prepared as the graph's consumer prepares a crop: the uint8 image resized to the graph's
+    input size (OpenCV INTER_LINEAR as BoxMOT does, or PIL bilinear where the consumer resize is ``pil``), then /255
+    and the graph's input mean/std (BoxMOT's ``prepare_crop_batch``)."""
+    g = dict(graph_input)
+    if g.get("consumer_resize") is None:  # no resize inside: only the normalisation is the consumer's
+        g["consumer_resize"] = "opencv"
+    return graph_input_preprocess(g)(img)
 
 
 def check_parity(run: str | Path, onnx_path: str | Path, images: list[str] | None = None, n_random: int = 8
@@ -179,7 +194,8 @@ def check_parity(run: str | Path, onnx_path: str | Path, images: list[str] | Non
         x = np.random.default_rng(0).normal(size=(n_random, 3, ob.pre.height, ob.pre.width)).astype(np.float32)
         if consumer:  # the same adapter in PyTorch: ImageNet -> ours, PIL-weight resize
             w = _TestForward(be.embedder.model.eval().float(), False, be.pre.mean, be.pre.std, g["mean"], g["std"],
-                             (g["height"], g["width"]), (be.pre.height, be.pre.width)).eval()
+                             (g["height"], g["width"]), (be.pre.height, be.pre.width),
+                             g.get("consumer_resize") or "pil").eval()
             with torch.no_grad():
                 a = w(torch.from_numpy(x)).numpy()
         else:
@@ -187,4 +203,6 @@ def check_parity(run: str | Path, onnx_path: str | Path, images: list[str] | Non
         b = ob(x)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     return {"images": len(a), "max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min()),
-            "mean_cosine": float(cos.mean()), "consumer_preprocessing": bool(consumer and images)}
+            "mean_cosine": float(cos.mean()), "consumer_preprocessing": bool(consumer and images),
+            "consumer_resize": ("OpenCV INTER_LINEAR" if (g or {}).get("consumer_resize", "opencv") in (None, "opencv")
+                                else "PIL bilinear") if consumer else None}
