@@ -170,6 +170,8 @@ def test_for_boxmot_default_graph_undoes_opencv_resize(full_run, data_root, tmp_
     assert sess.get_inputs()[0].shape[2:] == [512, 256]
     g = json.loads(sess.get_modelmeta().custom_metadata_map["scireid_graph_input"])
     assert g["norm"] == "imagenet" and g["consumer_resize"] == "opencv" and g["resize_inside"] == [64, 32]
+    assert "cv2.INTER_LINEAR" in g["steps"]
+    assert "antialiased" in json.loads(sess.get_modelmeta().custom_metadata_map["scireid_preprocess"])["steps"]
     # scireid's own embed feeds the file as BoxMOT would, so it gives scireid's features too
     assert main(["embed", str(onnx), str(crops), "--out", str(tmp_path / "f.npy")]) == 0
     names = sorted(p.name for p in crops.glob("*.png"))

@@ -29,6 +29,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CONSUMERS = {"boxmot": {"input_norm": "imagenet", "consumer_resize": "opencv"}}
 
 
+# the exact preprocessing, written into the metadata for readers who never import scireid (README: ONNX contract)
+PIL_STEPS = ("decode to 8-bit RGB; Pillow Image.resize((W, H), Image.BILINEAR) on the uint8 image (triangle filter "
+             "widened by the shrink factor: antialiased), result uint8; float32 / 255; (x - mean) / std per channel; "
+             "HWC -> CHW")
+OPENCV_STEPS = ("decode to 8-bit; cv2.resize(crop, (W, H), interpolation=cv2.INTER_LINEAR) on the uint8 image, "
+                "result uint8; BGR -> RGB; float32 / 255; (x - mean) / std per channel; HWC -> CHW")
+
+
 def consumer_input_size(height: int, width: int) -> tuple[int, int]:
     """The input size ``--for`` picks: at least 512 px tall (crops up to that size reach the graph by OpenCV's
     upsample, which the fitted inside resize undoes best), at least twice the model's, the model's aspect."""
@@ -110,7 +118,10 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
                            (in_h, in_w), (pre.height, pre.width), consumer_resize).eval()
     graph_input = {"height": in_h, "width": in_w, "mean": list(in_mean), "std": list(in_std), "norm": input_norm,
                    "resize_inside": [pre.height, pre.width] if resized else None,
-                   "consumer_resize": consumer_resize if resized else None}
+                   "consumer_resize": consumer_resize if resized else None,
+                   # fed as consumer_input feeds it: the consumer's OpenCV resize unless it resizes with PIL
+                   "steps": OPENCV_STEPS if (adapt or resized) and not (resized and consumer_resize == "pil")
+                   else PIL_STEPS}
     if static_batch is not None:
         dynamic_batch = False
     x = torch.randn(static_batch or 2, 3, in_h, in_w)
@@ -136,7 +147,7 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
         meta = {"scireid_fingerprint": fingerprint, "scireid_dim": str(model.feat_dim),
                 "scireid_preprocess": json.dumps({"height": pre.height, "width": pre.width, "mean": list(pre.mean),
                                                   "std": list(pre.std), "interpolation": pre.interpolation,
-                                                  "colour_order": pre.colour_order}),
+                                                  "colour_order": pre.colour_order, "steps": PIL_STEPS}),
                 "scireid_source": str(be.ckpt), "scireid_precision": "fp16" if fp16 else "fp32",
                 "scireid_graph_input": json.dumps(graph_input)}
         for k, v in meta.items():

@@ -7,6 +7,7 @@ Loading is strict: a missing or unexpected key is an error that names it.
 from __future__ import annotations
 
 import logging
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if not converted.exists():
             log.info("converting TorchScript checkpoint %s to %s (once)", path, converted)
             try:
-                ts = torch.jit.load(str(path), map_location="cpu")
+                with warnings.catch_warnings():  # torch 2.14 deprecates jit.load; OpenAI's files still need it
+                    warnings.simplefilter("ignore", FutureWarning)
+                    ts = torch.jit.load(str(path), map_location="cpu")
             except Exception:
                 raise WeightsError(f"model.weights={path}: a zip archive that is not a TorchScript model; expected "
                                    f"OpenAI's .pt, a .safetensors or a state dict saved with torch.save") from None
