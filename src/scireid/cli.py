@@ -249,7 +249,7 @@ def cmd_export(a) -> int:
         imgs = [it.path for it in items]
     if a.static_batch is not None and a.static_batch < 1:
         raise UserError(f"--static-batch {a.static_batch}: expected a batch size >= 1")
-    from .deploy.export import CONSUMERS, consumer_input_size
+    from .deploy.export import CONSUMERS
     input_norm = CONSUMERS[a.for_tool]["input_norm"] if a.for_tool else a.input_norm
     if a.for_tool and a.input_norm not in ("model", input_norm):
         raise UserError(f"--for {a.for_tool} feeds {input_norm}-normalised input; drop --input-norm {a.input_norm}")
@@ -262,10 +262,6 @@ def cmd_export(a) -> int:
             raise UserError(f"--input-size {a.input_size}: expected HxW, e.g. 256x128") from None
     consumer = CONSUMERS.get(a.for_tool, {})
     resize = a.consumer_resize or consumer.get("consumer_resize", "pil")
-    if size is None and consumer:
-        from .deploy.backend import TorchBackend
-        pre = TorchBackend(a.run, device="cpu").pre
-        size = consumer_input_size(pre.height, pre.width)
     info = export_onnx(a.run, a.out, opset=a.opset, static_batch=a.static_batch, fp16=a.fp16, input_norm=input_norm,
                        input_size=size, consumer_resize=resize)
     n = "N" if a.static_batch is None else str(a.static_batch)

@@ -91,7 +91,7 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
     normalised RGB, e.g. BoxMOT's crops; ours is applied inside). ``input_size`` (H, W): the graph takes
     that size and resizes inside to the model's. ``consumer_resize``: how the consumer brought its crops to that
     size: ``pil`` (the inside resize is PIL's bilinear) or ``opencv`` (INTER_LINEAR; the inside resize is fitted
-    to undo it, see ``resample.py``).
+    to undo it, see ``resample.py``; without ``input_size``, ``consumer_input_size``).
     """
     if input_norm not in ("model", "imagenet"):
         raise UserError(f"--input-norm {input_norm}: expected model or imagenet")
@@ -106,6 +106,8 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
     model = be.embedder.model.eval().float()
     pre = be.pre
     in_mean, in_std = (IMAGENET_MEAN, IMAGENET_STD) if input_norm == "imagenet" else (pre.mean, pre.std)
+    if input_size is None and consumer_resize == "opencv":  # the fitted shrink needs room (consumer_input_size)
+        input_size = consumer_input_size(pre.height, pre.width)
     in_h, in_w = input_size or (pre.height, pre.width)
     if in_h < 1 or in_w < 1:
         raise UserError(f"--input-size {in_h}x{in_w}: expected positive sizes")
