@@ -260,8 +260,7 @@ def cmd_export(a) -> int:
             size = (h, w)
         except ValueError:
             raise UserError(f"--input-size {a.input_size}: expected HxW, e.g. 256x128") from None
-    consumer = CONSUMERS.get(a.for_tool, {})
-    resize = a.consumer_resize or consumer.get("consumer_resize", "pil")
+    resize = a.consumer_resize or CONSUMERS.get(a.for_tool, {}).get("consumer_resize", "pil")
     info = export_onnx(a.run, a.out, opset=a.opset, static_batch=a.static_batch, fp16=a.fp16, input_norm=input_norm,
                        input_size=size, consumer_resize=resize)
     n = "N" if a.static_batch is None else str(a.static_batch)

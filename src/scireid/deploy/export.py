@@ -37,6 +37,12 @@ OPENCV_STEPS = ("decode to 8-bit; cv2.resize(crop, (W, H), interpolation=cv2.INT
                 "result uint8; BGR -> RGB; float32 / 255; (x - mean) / std per channel; HWC -> CHW")
 
 
+def consumer_resize_of(graph_input: dict) -> str:
+    """How the graph's consumer brings crops to its input size: recorded for a graph that resizes inside, else
+    OpenCV INTER_LINEAR (BoxMOT's; the normalisation is the only other thing such a graph adapts)."""
+    return graph_input.get("consumer_resize") or "opencv"
+
+
 def consumer_input_size(height: int, width: int) -> tuple[int, int]:
     """The input size ``--for`` picks: at least 512 px tall (crops up to that size reach the graph by OpenCV's
     upsample, which the fitted inside resize undoes best), at least twice the model's, the model's aspect."""
@@ -120,10 +126,9 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
                            (in_h, in_w), (pre.height, pre.width), consumer_resize).eval()
     graph_input = {"height": in_h, "width": in_w, "mean": list(in_mean), "std": list(in_std), "norm": input_norm,
                    "resize_inside": [pre.height, pre.width] if resized else None,
-                   "consumer_resize": consumer_resize if resized else None,
-                   # fed as consumer_input feeds it: the consumer's OpenCV resize unless it resizes with PIL
-                   "steps": OPENCV_STEPS if (adapt or resized) and not (resized and consumer_resize == "pil")
-                   else PIL_STEPS}
+                   "consumer_resize": consumer_resize if resized else None}
+    graph_input["steps"] = (OPENCV_STEPS if (adapt or resized) and consumer_resize_of(graph_input) == "opencv"
+                            else PIL_STEPS)  # as consumer_input feeds it
     if static_batch is not None:
         dynamic_batch = False
     x = torch.randn(static_batch or 2, 3, in_h, in_w)
@@ -177,10 +182,7 @@ def consumer_input(img, graph_input: dict) -> np.ndarray:
     """(3, H, W) float32 prepared as the graph's consumer prepares a crop: the uint8 image resized to the graph's
     input size (OpenCV INTER_LINEAR as BoxMOT does, or PIL bilinear where the consumer resize is ``pil``), then /255
     and the graph's input mean/std (BoxMOT's ``prepare_crop_batch``)."""
-    g = dict(graph_input)
-    if g.get("consumer_resize") is None:  # no resize inside: only the normalisation is the consumer's
-        g["consumer_resize"] = "opencv"
-    return graph_input_preprocess(g)(img)
+    return graph_input_preprocess({**graph_input, "consumer_resize": consumer_resize_of(graph_input)})(img)
 
 
 def check_parity(run: str | Path, onnx_path: str | Path, images: list[str] | None = None, n_random: int = 8
@@ -217,5 +219,5 @@ def check_parity(run: str | Path, onnx_path: str | Path, images: list[str] | Non
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     return {"images": len(a), "max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min()),
             "mean_cosine": float(cos.mean()), "consumer_preprocessing": bool(consumer and images),
-            "consumer_resize": ("OpenCV INTER_LINEAR" if (g or {}).get("consumer_resize", "opencv") in (None, "opencv")
-                                else "PIL bilinear") if consumer else None}
+            "consumer_resize": ({"opencv": "OpenCV INTER_LINEAR", "pil": "PIL bilinear"}[consumer_resize_of(g)]
+                                if consumer else None)}
