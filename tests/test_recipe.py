@@ -131,6 +131,9 @@ def test_real_data_presets_keep_clip_reids_raw_forms(preset, variant):
     assert cfg.model.sim_residual == "absolute" and cfg.model.test_feature == "concat"
     assert cfg.data.padding == 10 and cfg.data.erasing_prob == 0.5  # CLIP-ReID's PADDING / RE_PROB at 256x128
     assert cfg.stage2.lr == 3.5e-4 and cfg.stage2.freeze_backbone_bn is False
+    # SIM's gate as the paper reads eq. 17: one scalar starting at 0, moved at the stage's own lr (LTCC's 18k
+    # steps give Adam room to open it to ~2); its own parameter group only drops the weight decay
+    assert cfg.model.sim_gate == "scalar" and cfg.model.sim_gate_init == 0.0 and cfg.stage2.gate_lr_factor == 1.0
 
 
 def test_default_stage2_loss_is_clipreids_formula(data_root, tmp_path):

@@ -124,3 +124,28 @@ def test_synth_is_all_or_nothing(tmp_path, monkeypatch, capsys):
     # synth never writes into a folder that holds something
     assert main(["synth", str(tmp_path / "half"), "--ids", "4"]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_larger_test_split_keeps_training_images_and_adds_people(synth, tmp_path):
+    """Statistical power without more training: extra test people come from their own stream."""
+    big = generate(tmp_path / "big", ids=40, seed=3, test_ids=30, val_ids=13)
+    ds, ds_big = build_dataset("synthetic", synth), build_dataset("synthetic", big)
+    names = sorted(p.name for p in (synth / "train").iterdir())
+    assert names == sorted(p.name for p in (big / "train").iterdir())
+    assert np.array_equal(np.asarray(read_image(str(synth / "train" / names[5]))),
+                          np.asarray(read_image(str(big / "train" / names[5]))))
+    assert len({r.pid for r in ds_big.test}) == 30 and {r.pid for r in ds.test} < {r.pid for r in ds_big.test}
+    assert ds_big.num_train_pids == ds.num_train_pids
+    meta = json.loads((big / "synthetic.json").read_text())
+    assert meta["test_ids"] == 30 and len(meta["identities"]) == 50 and len(meta["outfits_worn"]) == 50
+    # one query per (outfit, camera) view of every evaluation person: the first image of the view
+    for split in (ds_big, ds_big.validation()):
+        q = split.protocol("general").query
+        views = {(r.pid, r.clothes, r.camid) for r in split.test}
+        assert len(q) == len(views) == len({(split.test[i].pid, split.test[i].clothes, split.test[i].camid) for i in q})
+    from scireid.data.records import DatasetError
+    from scireid.data.synthetic import ensure_synthetic, generate_complete
+    with pytest.raises(DatasetError, match="--test-ids 5"):
+        generate_complete(tmp_path / "small", ids=40, seed=3, test_ids=5)
+    with pytest.raises(DatasetError, match="test_ids=20"):  # a cached set of other split sizes is not reused
+        ensure_synthetic(synth, ids=40, seed=3, test_ids=30)

@@ -43,7 +43,7 @@ def cmd_check(a) -> int:
 def cmd_synth(a) -> int:
     from .data.synthetic import generate_complete
 
-    generate_complete(a.out, ids=a.ids, seed=a.seed, val_ids=a.val_ids)
+    generate_complete(a.out, ids=a.ids, seed=a.seed, val_ids=a.val_ids, test_ids=a.test_ids)
     print(f"wrote synthetic dataset to {a.out}; read it with: scireid datasets stats synthetic {a.out}")
     return 0
 
@@ -74,7 +74,7 @@ def cmd_demo(a) -> int:
     from .demo import run_demo
 
     run_demo(a.out, quick=a.quick, seed=a.seed, overrides=a.overrides, ids=a.ids or (80 if a.quick else 120),
-             jobs=a.jobs)
+             jobs=a.jobs, test_ids=a.test_ids, val_ids=a.val_ids)
     return 0
 
 
@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--ids", type=int, help="identities in the synthetic set, half train, half test (default 120; "
                                            "80 with --quick)")
+    d.add_argument("--test-ids", type=int, help="test identities (default 5/3 x --ids: statistical power, no extra "
+                                                "training)")
+    d.add_argument("--val-ids", type=int, help="validation identities (default 5/3 x --ids)")
     d.add_argument("--jobs", type=int, default=0, help="runs trained at once, each in its own process "
                                                       "(default: 2 on 2+ cores)")
     d.add_argument("overrides", nargs="*", help="section.key=value applied to every variant")
@@ -327,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ids", type=int, default=120)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--val-ids", type=int, help="validation identities in val/ (default max(4, ids // 3))")
+    s.add_argument("--test-ids", type=int, help="test identities (default ids - ids // 2; more are drawn from their own "
+                                                "stream, so the training images stay the same)")
     s.set_defaults(fn=cmd_synth)
 
     ds = sub.add_parser("datasets", help="inspect a dataset").add_subparsers(dest="dcmd", required=True)
@@ -436,7 +441,7 @@ def _check_counts(args) -> None:
     """Counts any command takes (--topk, --queries, --batch, --chunk, --workers), checked before any work."""
     from .errors import ConfigError
     for name, low in (("topk", 1), ("queries", 1), ("batch", 1), ("chunk", 1), ("workers", 0), ("ids", 1),
-                      ("jobs", 0)):
+                      ("jobs", 0), ("test_ids", 1), ("val_ids", 0)):
         v = getattr(args, name, None)
         if isinstance(v, int) and v < low:
             raise ConfigError(f"--{name} {v}: expected an integer >= {low}")

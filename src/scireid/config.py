@@ -55,6 +55,10 @@ class ModelConfig:
     sim_residual: str = "absolute"
     # test feature: concat(g, p') as CLIP-ReID (concat) or concat(g/|g|, p'/|p'|) (balanced: each half weighs the same)
     test_feature: str = "concat"
+    # SIM's gate (eq. 17): one scalar as the paper (scalar) or one per channel of p (channel, LayerScale-style), and
+    # its initial value: 0, the paper's reading (a closed gate; on LTCC's 18k stage-2 steps Adam can open it to ~2)
+    sim_gate: str = "scalar"
+    sim_gate_init: float = 0.0
 
 
 @dataclass
@@ -101,7 +105,10 @@ class Stage2Config:
     cal_lr: float = 3.5e-4
     cal_scale: float = 16.0
     cal_epsilon: float = 0.1
-    eval_every: int = 10
+    eval_every: int = 10  # epochs between evaluations (and always the last); 0: none during training (scireid eval)
+    # SIM's gate trains in its own parameter group, without weight decay (a gate's size is not a complexity to
+    # penalise), at lr x gate_lr_factor: Adam moves it by about that lr per step, whatever its gradient's scale
+    gate_lr_factor: float = 1.0
     freeze_backbone_bn: bool = False  # CLIP trunk's BatchNorm layers keep their pretrained statistics (CLIP-ReID: off)
 
 
@@ -150,6 +157,7 @@ CHOICES = {
     "stage1.contrastive_text": ("ort", "id"),
     "model.sim_residual": ("absolute", "relative"),
     "model.test_feature": ("concat", "balanced"),
+    "model.sim_gate": ("scalar", "channel"),
     "stage2.i2t_logits": ("raw", "cosine"),
     "run.amp_dtype": ("bf16", "fp16"),
 }
@@ -322,7 +330,8 @@ def validate_config(cfg: Config) -> Config:
                 raise ConfigError(f"{section}.{key}={v}: expected a finite number")
     positive = ["stage1.epochs", "stage1.batch_size", "stage2.epochs", "stage2.batch_size", "data.num_instances",
                 "data.height", "data.width", "eval.batch_size", "eval.chunk", "model.n_ctx", "run.checkpoint_every",
-                "stage1.lr", "stage2.lr", "stage2.cal_lr", "stage1.temperature", "data.prcc_trials", "stage2.i2t_scale"]
+                "stage1.lr", "stage2.lr", "stage2.cal_lr", "stage1.temperature", "data.prcc_trials", "stage2.i2t_scale",
+                "stage2.gate_lr_factor"]
     def get(dotted: str) -> Any:
         section, key = dotted.split(".")
         return getattr(getattr(cfg, section), key)
@@ -340,7 +349,10 @@ def validate_config(cfg: Config) -> Config:
     for dotted in ("data.flip_prob", "data.erasing_prob", "stage2.label_smoothing", "stage2.cal_epsilon"):
         if not 0 <= get(dotted) < 1 + dotted.endswith("prob"):
             raise ConfigError(f"{dotted}={get(dotted)}: expected a value in [0, 1]")
-    for dotted in ("stage2.lr_gamma", "model.sim_heads", "stage2.eval_every"):
+    if cfg.stage2.eval_every < 0:
+        raise ConfigError(f"stage2.eval_every={cfg.stage2.eval_every}: expected a value >= 0 (0: no evaluation during "
+                          "training)")
+    for dotted in ("stage2.lr_gamma", "model.sim_heads"):
         if not get(dotted) > 0:
             raise ConfigError(f"{dotted}={get(dotted)}: expected a positive value")
     for dotted in ("run.seed", "run.stop_after_steps"):

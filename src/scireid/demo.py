@@ -21,13 +21,13 @@ from .io_utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("scireid")
 
-VARIANT_ROWS = {"zero-shot": "CLIP zero-shot (no ReID training)", "baseline": "Baseline (CLIP-ReID)", "sse": "+ SSE",
-                "sim": "+ SIM (with CAL)", "full": "SCI (SSE + SIM + CAL)"}
-SETTINGS = ("general", "cloth-changing")
-# The CPU recipe is the `synthetic` preset, the same for every variant; only the switches differ.
-DEMO_OVERRIDES = ["run.tensorboard=false"]
-# --quick: the same recipe and schedule (fewer variants, one seed, 80 identities), evaluated at the end only
-QUICK_OVERRIDES = ["stage2.eval_every=8"]
+from .analysis.demo_report import SETTINGS, VARIANT_ROWS, render_markdown
+# The CPU recipe is the `synthetic` preset, the same for every variant; only the switches differ. The demo reports
+# the last epoch from its own pass over the test and validation splits (with the per-query outcomes and feature
+# measurements of the same features), so the trainer does not evaluate as well.
+DEMO_OVERRIDES = ["run.tensorboard=false", "stage2.eval_every=0"]
+# --quick: the same recipe and schedule (fewer variants, one seed, 80 identities)
+QUICK_OVERRIDES: list[str] = []
 
 
 def recipe_key(overrides: list[str] | tuple[str, ...]) -> str:
@@ -62,8 +62,11 @@ def _train_one(variant: str, seed: int, data_root: Path, runs: Path, overrides: 
     t0 = time.time()
     resume = (run / "config.yaml").exists()
     res = train(cfg, resume=resume)
-    res["seconds"] = time.time() - t0
     res["mechanism"] = measure_mechanism(run)
+    res["last"] = res["mechanism"].pop("results", res.get("last"))  # the last epoch, from the measurement pass
+    if "results_val" in res["mechanism"]:
+        res["last_val"] = res["mechanism"].pop("results_val")
+    res["seconds"] = time.time() - t0
     atomic_write_json(done, res)
     return res
 
@@ -78,11 +81,11 @@ def measure_mechanism(run: Path) -> dict[str, Any]:
 
 def zero_shot_row(data_root: Path, runs: Path, overrides: list[str]) -> dict[str, Any]:
     """The pretrained CLIP's image features with no ReID training, like CLIP-ReID's zero-shot rows."""
+    from .analysis.mechanism import feature_measurements, test_time_features
+    from .data.loading import build_transforms
     from .data.source import load_dataset
-    from .engine.distributed import DistContext
-    from .engine.evaluation import test_features
     from .engine.trainer import model_spec
-    from .eval.protocols import run_protocols
+    from .eval.protocols import per_query_outcomes, run_protocols
     from .models.sci import build_model
 
     done = runs / "zero-shot" / "demo_result.json"
@@ -92,16 +95,17 @@ def zero_shot_row(data_root: Path, runs: Path, overrides: list[str]) -> dict[str
     cfg = _demo_config("baseline", 0, data_root, done.parent, overrides)
     ds = load_dataset(cfg)
     model = build_model(model_spec(cfg, ds), cfg.model.weights)
-    from .analysis.mechanism import feature_measurements
-    from .data.loading import build_transforms
-
     d = cfg.data
-    res = {"last": run_protocols(ds, test_features(model, ds, cfg, DistContext())), "weights": cfg.model.weights,
-           "features": feature_measurements(model, ds.test, build_transforms(d.height, d.width, d.pixel_mean,
-                                                                               d.pixel_std, train=False))}
+    tf = build_transforms(d.height, d.width, d.pixel_mean, d.pixel_std, train=False)
+    f = test_time_features(model, ds.test, tf)
+    res = {"last": run_protocols(ds, f["feat"]), "weights": cfg.model.weights,
+           "mechanism": {"features": feature_measurements(model, ds.test, tf, feats=f),
+                         "per_query": per_query_outcomes(ds, f["feat"])}}
     val = ds.validation()
     if val is not None:
-        res["last_val"] = run_protocols(val, test_features(model, val, cfg, DistContext()))
+        fv = test_time_features(model, val.test, tf)["feat"]
+        res["last_val"] = run_protocols(val, fv)
+        res["mechanism"]["per_query_val"] = per_query_outcomes(val, fv)
     res["seconds"] = time.time() - t0
     atomic_write_json(done, res)
     return res
@@ -130,9 +134,18 @@ def default_jobs() -> int:
     return max(1, min(2, (os.cpu_count() or 1)))
 
 
+def eval_ids(ids: int) -> int:
+    """Test and validation identities for ``ids`` (half of which train): 5/3 x ids, so that the paired SCI -
+    baseline difference is measured on about 2,000 queries per split at the full demo's 120 (power: BENCHMARKS.md).
+    The evaluation splits cost generation and evaluation time only, never training time."""
+    return max(ids - ids // 2, -(-5 * ids // 3))
+
+
 def run_demo(out: str | Path = "scireid_demo", quick: bool = False, seed: int = 0,
-             overrides: list[str] | tuple[str, ...] = (), ids: int = 120, jobs: int = 0) -> dict[str, Any]:
-    """``jobs``: runs trained at once, each in its own process with cores / jobs threads (0: ``default_jobs``)."""
+             overrides: list[str] | tuple[str, ...] = (), ids: int = 120, jobs: int = 0, test_ids: int | None = None,
+             val_ids: int | None = None) -> dict[str, Any]:
+    """``jobs``: runs trained at once, each in its own process with cores / jobs threads (0: ``default_jobs``).
+    ``test_ids`` / ``val_ids``: evaluation identities (default ``eval_ids(ids)``)."""
     from .data.synthetic import ensure_synthetic
 
     from .engine.rundir import check_out_dir
@@ -142,10 +155,12 @@ def run_demo(out: str | Path = "scireid_demo", quick: bool = False, seed: int = 
     (out / "runs").mkdir(parents=True, exist_ok=True)  # marks the folder as a demo's before anything else is written
     t_start = time.time()
     from .data.synthetic import GENERATOR_VERSION
-    data_root = out / f"data-v{GENERATOR_VERSION}-ids{ids}-seed{seed}"
+    test_ids = eval_ids(ids) if test_ids is None else test_ids
+    val_ids = eval_ids(ids) if val_ids is None else val_ids
+    data_root = out / f"data-v{GENERATOR_VERSION}-ids{ids}-test{test_ids}-val{val_ids}-seed{seed}"
     log.info("[1/3] synthetic cloth-changing data (cached in %s)", data_root)
-    ensure_synthetic(data_root, ids=ids, seed=seed)
-    runs = out / "runs" / f"{'quick' if quick else 'full'}-ids{ids}-{recipe_key(overrides)}"
+    ensure_synthetic(data_root, ids=ids, seed=seed, test_ids=test_ids, val_ids=val_ids)
+    runs = out / "runs" / f"{'quick' if quick else 'full'}-{data_root.name[5:]}-{recipe_key(overrides)}"
     variants = ["baseline", "full"] if quick else ["baseline", "sse", "sim", "full"]
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
     todo = [(v, s) for s in seeds for v in variants]
@@ -205,7 +220,16 @@ def build_report(out: Path, runs: Path, results: dict[str, dict[int, dict[str, A
     verdicts = paired_differences(results, seeds)
     val_verdicts = paired_differences(results, seeds, "last_val") if val_table else []
     zs = results.get("zero-shot", {})
-    zero_shot_features = next(iter(zs.values())).get("features") if zs else None
+    zero_shot_features = None
+    if zs:
+        zf = (next(iter(zs.values())).get("mechanism") or {}).get("features")
+        zero_shot_features = {k: v for k, v in zf.items() if not isinstance(v, dict)} if zf else None
+        if zf:
+            for k in ("outfit_probe", "clothes_nn"):
+                zero_shot_features[k] = {kk: vv for kk, vv in zf[k].items() if kk != "per_image"}
+    from .analysis.demo_claims import mechanism_claims, paired_intervals
+    intervals = paired_intervals(results, seeds, "per_query") + paired_intervals(results, seeds, "per_query_val")
+    claims = mechanism_claims(results, seeds)
     checks = component_checks(runs, results)
     curves_png = plot_curves(out, runs, results)
     from .analysis.mechanism import mechanism_figure
@@ -217,6 +241,7 @@ def build_report(out: Path, runs: Path, results: dict[str, dict[int, dict[str, A
               "input": f"{cfg.data.height}x{cfg.data.width}", "table": table, "val_table": val_table,
               "differences_vs_baseline": verdicts, "val_differences_vs_baseline": val_verdicts,
               "zero_shot_features": zero_shot_features, "component_checks": checks, "timings_s": timing,
+              "paired_intervals": intervals, "claims": claims,
               "total_s": seconds, "cached_runs": cached, "curves": curves_png, "mechanism_figure": mech_png}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
@@ -319,7 +344,8 @@ def plot_curves(out: Path, runs: Path, results) -> str:
             color = {"baseline": "C0", "sse": "C1", "sim": "C2", "full": "C3"}[v]
             total = [r["id"] + r["tri"] + r["i2t"] + r.get("cal", 0.0) for r in recs]
             axes[0].plot(ep, total, color=color, label=lab, alpha=0.8)
-            ev = [(r["epoch"], r["eval"]) for r in recs if "eval" in r]
+            ev = [(r["epoch"], r["eval"]) for r in recs if "eval" in r] or (
+                [(recs[-1]["epoch"], rs[s]["last"])] if recs and rs[s].get("last") else [])
             axes[1].plot([e for e, _ in ev], [x["general"]["R-1"] for _, x in ev], "o-", color=color, label=lab, alpha=0.8)
             axes[2].plot([e for e, _ in ev], [x["cloth-changing"]["R-1"] for _, x in ev], "o-", color=color, label=lab,
                          alpha=0.8)
@@ -336,133 +362,3 @@ def plot_curves(out: Path, runs: Path, results) -> str:
     titles = ("stage-2 training loss", "general R-1 (%)", "cloth-changing R-1 (%)", "|gamma| (SIM gate)",
               "clothes-classifier accuracy (dotted: CAL starts)")
     return save_epoch_figure(fig, axes, titles, out / "curves.png", dpi=90).name
-
-
-def render_markdown(rep: dict[str, Any]) -> str:
-    seeds = rep["seeds"]
-    L = ["# scireid demo: CLIP-ReID baseline vs SCI on synthetic cloth-changing data", "",
-         f"Mode: {'quick' if rep['quick'] else 'full'}; seeds {seeds}; CLIP `{rep['arch']}` with weights "
-         f"`{rep['weights']}`, {rep['input']} input, the same recipe for every variant. "
-         f"Total time {rep['total_s'] / 60:.1f} min" + (f" for this call, which reused {rep['cached_runs']} finished "
-                                                         f"runs (their own times are below)" if rep.get("cached_runs")
-                                                         else "") + ".", "",
-         "## Results (last epoch, mean ± std over seeds), in the shape of the paper's Table II", "",
-         "| variant | general R-1 | general mAP | cloth-changing R-1 | cloth-changing mAP |",
-         "|---|---|---|---|---|"]
-
-    def cell(x):
-        std = x["std"]
-        shown = std is not None and np.isfinite(std) and max(x["values"]) - min(x["values"]) > 1e-9
-        return f"{x['mean']:.1f}" + (f" ± {std:.1f}" if shown else "")
-    for v, t in rep["table"].items():
-        L.append(f"| {VARIANT_ROWS[v]} | {cell(t['general']['R-1'])} | {cell(t['general']['mAP'])} | "
-                 f"{cell(t['cloth-changing']['R-1'])} | {cell(t['cloth-changing']['mAP'])} |")
-    zs = rep["table"].get("zero-shot")
-    if zs:
-        L += ["", "## Does ReID training beat the prior? (cloth-changing, points over the zero-shot row)", ""]
-        for v, t in rep["table"].items():
-            if v == "zero-shot":
-                continue
-            d1 = t["cloth-changing"]["R-1"]["mean"] - zs["cloth-changing"]["R-1"]["mean"]
-            d2 = t["cloth-changing"]["mAP"]["mean"] - zs["cloth-changing"]["mAP"]["mean"]
-            L.append(f"- {VARIANT_ROWS[v]}: R-1 {d1:+.1f}, mAP {d2:+.1f}")
-    if rep.get("val_table"):
-        L += ["", "## Validation split (identities in neither train nor test; last epoch)", "",
-              "Recipe choices and `model_best` use these numbers, never the test queries above.", "",
-              "| variant | general R-1 | general mAP | cloth-changing R-1 | cloth-changing mAP |", "|---|---|---|---|---|"]
-        for v, t in rep["val_table"].items():
-            L.append(f"| {VARIANT_ROWS[v]} | {cell(t['general']['R-1'])} | {cell(t['general']['mAP'])} | "
-                     f"{cell(t['cloth-changing']['R-1'])} | {cell(t['cloth-changing']['mAP'])} |")
-    L += ["", "## Differences from the baseline, paired by seed (same data order)", "",
-          "Each seed's variant minus the same seed's baseline; mean ± std over seeds, then the per-seed values. "
-          "Beyond the spread = every seed has the same sign and |mean| > std.", ""]
-    for d in rep["differences_vs_baseline"]:
-        per = ", ".join(f"{x:+.1f}" for x in d["per_seed"])
-        std = f" ± {d['std']:.1f}" if np.isfinite(d["std"]) else ""
-        L.append(f"- {VARIANT_ROWS[d['variant']]}, {d['setting']} {d['metric']}: {d['diff']:+.1f}{std} ({per}) — "
-                 f"{d['verdict']}")
-    full_cc = [d for d in rep["differences_vs_baseline"] if d["variant"] == "full" and d["setting"] == "cloth-changing"
-               and d["metric"] == "R-1"]
-    if full_cc:
-        d = full_cc[0]
-        if d["diff"] > 0 and d["verdict"].startswith("beyond"):
-            L += ["", f"**SCI beats the baseline in the cloth-changing protocol** by {d['diff']:.1f} R-1 points "
-                      "(paired by seed), beyond the spread of the paired differences."]
-        elif d["diff"] > 0:
-            L += ["", f"SCI is ahead of the baseline in the cloth-changing protocol by {d['diff']:.1f} R-1 points "
-                      "(paired by seed), but not beyond the spread of the paired differences: no claim can be made."]
-        else:
-            L += ["", f"**SCI does not beat the baseline in the cloth-changing protocol** here ({d['diff']:+.1f} R-1 "
-                      "points, paired by seed)."]
-    val_cc = [d for d in rep.get("val_differences_vs_baseline", []) if d["setting"] == "cloth-changing"]
-    if val_cc:
-        L += ["", "The same paired differences on the validation split (cloth-changing):", ""]
-        for d in val_cc:
-            per = ", ".join(f"{x:+.1f}" for x in d["per_seed"])
-            std = f" ± {d['std']:.1f}" if np.isfinite(d["std"]) else ""
-            L.append(f"- {VARIANT_ROWS[d['variant']]}, {d['metric']}: {d['diff']:+.1f}{std} ({per}) — {d['verdict']}")
-        v = [d for d in val_cc if d["variant"] == "full" and d["metric"] == "R-1"]
-        if full_cc and v and (full_cc[0]["diff"] > 0) != (v[0]["diff"] > 0):
-            L += ["", f"The validation split does not agree: there SCI's cloth-changing R-1 difference is "
-                      f"{v[0]['diff']:+.1f}. A difference the held-out identities do not reproduce is not evidence "
-                      "that SCI helps."]
-    fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
-    L += ["", "## Do the components train as intended?", "",
-          "gamma: SIM's gate; SIM share: |p' - p| / |p'| on test images. Within-identity clothes: nearest neighbour "
-          "among the same person's images from other cameras wears the same outfit (test features; chance in "
-          "brackets) — what CAL is meant to lower. Clothes classifier (CAL runs, training images): accuracy among "
-          "the identity's own outfits, last epoch before CAL → end. GAP share: weight of the 2048-d half in the "
-          "test feature's cosine.", "",
-          "| run | gamma | SIM share | within-identity clothes NN | classifier within-identity acc. | GAP share | "
-          "S_id first → last | S_clo first → last |", "|---|---|---|---|---|---|---|---|"]
-    zf = rep.get("zero_shot_features")
-    if zf:
-        L.append(f"| zero-shot prior | — | — | {fmt(zf.get('clothes_nn_within'))} ({fmt(zf.get('clothes_nn_chance'))}) | — | "
-                 f"{fmt(zf.get('g_share'))} | — | — |")
-    for run, c in rep["component_checks"].items():
-        g = f"{c['gamma_final']:+.4f}" if "gamma_final" in c else "—"
-        share = f"{c['feat_sim_share']:.3f}" if c.get("feat_sim_share") is not None and "gamma_final" in c else "—"
-        nn = (f"{fmt(c.get('feat_clothes_nn_within'))} ({fmt(c.get('feat_clothes_nn_chance'))})"
-              if "feat_clothes_nn_within" in c else "—")
-        wa = (f"{fmt(c.get('within_acc_before_cal'))} → {fmt(c['within_acc_last'])} (chance {fmt(c['within_chance'])})"
-              if "within_acc_last" in c else "—")
-        si = f"{c['S_id_first']:.3f} → {c['S_id_last']:.3f}" if "S_id_last" in c else "—"
-        sc = f"{c['S_clo_first']:.3f} → {c['S_clo_last']:.3f}" if "S_clo_last" in c else "—"
-        L.append(f"| {run} | {g} | {share} | {nn} | {wa} | {fmt(c.get('feat_g_share'))} | {si} | {sc} |")
-    fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
-    L += ["", "## Stage 1: do the prompts learn? (final contrastive losses vs ln(batch), chance level)", "",
-          "| run | i2t | t2i | ln(batch) | i2t / ln(batch) | t2i / ln(batch) |", "|---|---|---|---|---|---|"]
-    for run, c in rep["component_checks"].items():
-        if "stage1_i2t_last" in c:
-            L.append(f"| {run} | {c['stage1_i2t_last']:.3f} | {c['stage1_t2i_last']:.3f} | {c['ln_batch']:.3f} | "
-                     f"{c['stage1_i2t_over_ln_batch']:.2f} | {c['stage1_t2i_over_ln_batch']:.2f} |")
-    L += ["", "## Prompt decoding (top-1 %, attribute phrases ranked by cosine; the generator's truth)", "",
-          "Identity traits: skin, hair colour and style, shoes, glasses, bag, build. Clothes: top colour / pattern / "
-          "sleeves, bottom colour / kind (right if any outfit the identity trained in has it). SSE should raise the "
-          "first and lower the second in the prototype (T_ort) relative to T_id.", "",
-          "| run | T_id: identity | T_id: clothes | prototype: identity | prototype: clothes | chance identity / clothes |",
-          "|---|---|---|---|---|---|"]
-    for run, c in rep["component_checks"].items():
-        if "decode_T_id_identity" in c:
-            L.append(f"| {run} | {fmt(c['decode_T_id_identity'])} | {fmt(c['decode_T_id_clothes'])} | "
-                     f"{fmt(c['decode_prototype_identity'])} | {fmt(c['decode_prototype_clothes'])} | "
-                     f"{fmt(c['decode_identity_chance'])} / {fmt(c['decode_clothes_chance'])} |")
-    L += ["", "## Where the model looks: share of attention on identity-trait vs garment pixels", "",
-          "SIM: its pooled text-to-visual cross-attention over the feature map's tokens (uniform attention in "
-          "brackets). Grad-CAM: of the retrieval feature, every run. From the part masks the generator writes.", "",
-          "| run | SIM attn on traits | SIM attn on garments | Grad-CAM on traits | Grad-CAM on garments |",
-          "|---|---|---|---|---|"]
-    for run, c in rep["component_checks"].items():
-        sim_t = f"{c['sim_attn_trait']:.3f} ({c['uniform_trait']:.3f})" if "sim_attn_trait" in c else "—"
-        sim_g = f"{c['sim_attn_garment']:.3f} ({c['uniform_garment']:.3f})" if "sim_attn_garment" in c else "—"
-        L.append(f"| {run} | {sim_t} | {sim_g} | {fmt(c.get('gradcam_trait'))} | {fmt(c.get('gradcam_garment'))} |")
-    if rep.get("mechanism_figure"):
-        L += ["", f"![mechanism]({rep['mechanism_figure']})"]
-    L += ["", "## Training curves", "", f"![curves]({rep['curves']})", "", "## Timings", "",
-          "| run | seconds |", "|---|---|"]
-    for run, s in rep["timings_s"].items():
-        L.append(f"| {run} | {s:.0f} |" if s is not None else f"| {run} | cached |")
-    L += ["", "The zero-shot row is the pretrained CLIP's own image features (no ReID training); it does not depend "
-              "on the seed."]
-    L.append("")
-    return "\n".join(L)

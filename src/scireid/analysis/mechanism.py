@@ -126,7 +126,7 @@ def sim_attention_mass(model, records, root: Path, transform, max_images: int = 
     if not recs:
         return None
     model.eval()
-    trait, garment, u_trait, u_garment = [], [], [], []
+    trait, garment, u_trait, u_garment, group = [], [], [], [], []
     for i in range(0, len(recs), 64):
         chunk = recs[i:i + 64]
         x = torch.stack([transform(read_image(r.path)) for r in chunk]).to(model.prototypes.device)
@@ -141,9 +141,13 @@ def sim_attention_mass(model, records, root: Path, transform, max_images: int = 
             garment.append(float(att @ gf))
             u_trait.append(float(tf.mean()))
             u_garment.append(float(gf.mean()))
+            group.append(r.pid)
+    from .bootstrap import bootstrap_mean
+    above = bootstrap_mean([np.array(trait) - np.array(u_trait)], np.array(group))
     return {"images": len(recs), "grid": list(z.shape[2:]), "trait_mass": float(np.mean(trait)),
             "garment_mass": float(np.mean(garment)), "uniform_trait_mass": float(np.mean(u_trait)),
-            "uniform_garment_mass": float(np.mean(u_garment))}
+            "uniform_garment_mass": float(np.mean(u_garment)), "trait_above_uniform": above,
+            "per_image": {"trait_above_uniform": (np.array(trait) - np.array(u_trait)).tolist(), "group": group}}
 
 
 def gradcam_mass(run, records, root: Path, max_images: int = 64) -> dict[str, Any] | None:
@@ -163,50 +167,68 @@ def gradcam_mass(run, records, root: Path, max_images: int = 64) -> dict[str, An
 
 
 @torch.no_grad()
-def feature_measurements(model, records, transform, batch: int = 128) -> dict[str, Any]:
-    """Scales of the test feature's parts, SIM's share of p', and how much clothes still sort one person.
-
-    - ``g_norm`` / ``p_norm``: mean |GAP| and |p'|; ``g_share``: mean |g|^2 / (|g|^2 + |p'|^2), the
-      weight of the GAP half in the raw concat's cosine (0.5 = balanced).
-    - ``sim_share``: mean |p' - p| / |p'|, what SIM adds to the projected feature.
-    - ``clothes_nn_within``: for each image, its nearest neighbour (test feature) among the same
-      person's images from other cameras; how often that neighbour wears the same outfit, against
-      ``clothes_nn_chance``, the same-outfit fraction of those candidates. This is what CAL is meant to
-      lower; counting clothes labels across identities would reward identity learning as well.
-    """
+def test_time_features(model, records, transform, batch: int = 128) -> dict[str, np.ndarray]:
+    """One eval-mode pass: |g|, |p'|, SIM's share |p' - p| / |p'| (NaN without SIM) and the retrieval feature."""
     from ..data.loading import read_image
     model.eval()
     dev = model.prototypes.device
-    gs, ps, shares, feats = [], [], [], []
+    cols: dict[str, list] = {"g_norm": [], "p_norm": [], "sim_share": [], "feat": []}
     for i in range(0, len(records), batch):
         x = torch.stack([transform(read_image(r.path)) for r in records[i:i + batch]]).to(dev)
-        _, fmap, cls = model.visual.trunk(x)
-        z = model.sim.refine_map(fmap) if model.sim is not None else fmap
-        g, p0 = model.visual.pool(z, cls)
-        p = model.sim.update(p0, z, model.prototypes) if model.sim is not None else p0
-        g, p, p0 = g.float(), p.float(), p0.float()
-        gs.append(g.norm(dim=1))
-        ps.append(p.norm(dim=1))
-        shares.append((p - p0).norm(dim=1) / p.norm(dim=1).clamp_min(1e-12))
-        feats.append(model.embed_tensor(x).float())
-    g_n, p_n, f = torch.cat(gs), torch.cat(ps), torch.cat(feats).cpu().numpy()
+        out = model(x)
+        cols["g_norm"].append(out["g"].norm(dim=1).cpu())
+        cols["p_norm"].append(out["p"].norm(dim=1).cpu())
+        cols["sim_share"].append(out["sim_share"].float().cpu() if "sim_share" in out
+                                 else torch.full((len(x),), float("nan")))
+        cols["feat"].append(F.normalize(out["feat"].float(), dim=1).cpu())
+    return {k: torch.cat(v).numpy() for k, v in cols.items()}
+
+
+def feature_measurements(model, records, transform, batch: int = 128, feats: dict[str, np.ndarray] | None = None
+                         ) -> dict[str, Any]:
+    """Scales of the test feature's parts, SIM's share of p', and the clothes information left in the features.
+
+    - ``g_share``: mean |g|^2 / (|g|^2 + |p'|^2), the weight of the GAP half in the raw concat's cosine.
+    - ``sim_share``: mean |p' - p| / |p'|, what SIM adds to the projected feature (with a 95% interval over
+      resampled identities).
+    - ``outfit_probe`` / ``clothes_nn``: ``clothes_info`` (what CAL and SSE are meant to lower); the flat
+      ``clothes_nn_within`` / ``clothes_nn_chance`` keys are the nearest-neighbour accuracy and its chance.
+    """
+    from .bootstrap import bootstrap_mean
+    from .clothes_info import clothes_information
+    f = feats if feats is not None else test_time_features(model, records, transform, batch)
     pid = np.array([r.pid for r in records])
     cam = np.array([r.camid for r in records])
     clo = np.array([r.clothes for r in records])
-    sim = f @ f.T
-    hits, chance = [], []
-    for i in range(len(records)):
-        cand = np.flatnonzero((pid == pid[i]) & (cam != cam[i]))
-        same = clo[cand] == clo[i]
-        if len(cand) < 2 or same.all() or not same.any():
-            continue
-        hits.append(float(same[np.argmax(sim[i, cand])]))
-        chance.append(float(same.mean()))
-    return {"images": len(records), "g_norm": float(g_n.mean()), "p_norm": float(p_n.mean()),
-            "g_share": float((g_n ** 2 / (g_n ** 2 + p_n ** 2)).mean()), "sim_share": float(torch.cat(shares).mean()),
-            "gamma": float(model.sim.gamma) if model.sim is not None else None,
-            "clothes_nn_within": float(np.mean(hits)) if hits else None,
-            "clothes_nn_chance": float(np.mean(chance)) if chance else None, "clothes_nn_images": len(hits)}
+    g_n, p_n = f["g_norm"], f["p_norm"]
+    out: dict[str, Any] = {"images": len(records), "g_norm": float(g_n.mean()), "p_norm": float(p_n.mean()),
+                           "g_share": float((g_n ** 2 / (g_n ** 2 + p_n ** 2)).mean()),
+                           "gamma": model.sim.gate_value() if model.sim is not None else None}
+    if model.sim is not None:
+        ci = bootstrap_mean([f["sim_share"]], pid)
+        out.update(sim_share=ci["mean"], sim_share_low=ci["low"], sim_share_high=ci["high"])
+    else:
+        out["sim_share"] = None
+    info = clothes_information(f["feat"], pid, cam, clo)
+    out.update(info)
+    nn = info["clothes_nn"]
+    out.update(clothes_nn_within=nn["accuracy"], clothes_nn_chance=nn["chance"], clothes_nn_images=nn["images"])
+    return out
+
+
+def split_outcomes(model, ds, transform) -> dict[str, Any]:
+    """Per-query outcomes on the test split and, where the data has one, the validation split, plus the test
+    split's feature measurements: everything a paired comparison of runs needs, from one pass per split."""
+    from ..eval.protocols import per_query_outcomes, run_protocols
+    f = test_time_features(model, ds.test, transform)
+    out: dict[str, Any] = {"features": feature_measurements(model, ds.test, transform, feats=f),
+                           "results": run_protocols(ds, f["feat"]), "per_query": per_query_outcomes(ds, f["feat"])}
+    val = ds.validation()
+    if val is not None:
+        fv = test_time_features(model, val.test, transform)["feat"]
+        out["results_val"] = run_protocols(val, fv)
+        out["per_query_val"] = per_query_outcomes(val, fv)
+    return out
 
 
 def read_synthetic_meta(root: str | Path) -> dict[str, Any] | None:
@@ -214,7 +236,7 @@ def read_synthetic_meta(root: str | Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def measure_run(run, max_images: int = 200) -> dict[str, Any] | None:
+def measure_run(run, max_images: int = 400) -> dict[str, Any] | None:
     """All measurements for a loaded run on synthetic data (None for other datasets)."""
     from ..data.loading import build_transforms
     meta = read_synthetic_meta(run.cfg.data.root)
@@ -226,7 +248,7 @@ def measure_run(run, max_images: int = 200) -> dict[str, Any] | None:
     if run.model.sim is not None:
         out["sim_attention"] = sim_attention_mass(run.model, run.ds.test, Path(d.root), tf, max_images)
     out["gradcam"] = gradcam_mass(run, run.ds.test, Path(d.root))
-    out["features"] = feature_measurements(run.model, run.ds.test, tf)
+    out.update(split_outcomes(run.model, run.ds, tf))
     return out
 
 
@@ -283,7 +305,10 @@ def flatten(mech: dict[str, Any]) -> dict[str, Any]:
         c["sim_attn_trait"], c["sim_attn_garment"] = sa["trait_mass"], sa["garment_mass"]
         c["uniform_trait"], c["uniform_garment"] = sa["uniform_trait_mass"], sa["uniform_garment_mass"]
     for k, v in (mech.get("features") or {}).items():
-        if k != "images":
+        if isinstance(v, dict):  # outfit_probe / clothes_nn: accuracy, interval and chance, not the per-image arrays
+            for kk in ("accuracy", "low", "high", "chance"):
+                c[f"feat_{k}_{kk}"] = v.get(kk)
+        elif k != "images":
             c[f"feat_{k}"] = v
     if mech.get("gradcam"):
         c["gradcam_trait"], c["gradcam_garment"] = mech["gradcam"]["trait_mass"], mech["gradcam"]["garment_mass"]

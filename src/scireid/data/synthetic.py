@@ -18,7 +18,9 @@ from PIL import Image, ImageDraw, ImageFilter
 log = logging.getLogger(__name__)
 
 H, W = 128, 64
-GENERATOR_VERSION = 3  # 3: val/ split; bump when the drawing changes: a cached set of another version is not reused
+# 3: val/ split; 4: one query per (outfit, camera) view, extra test identities from their own stream.
+# Bump when the drawing or the splits change: a cached set of another version is not reused.
+GENERATOR_VERSION = 4
 PALETTE = np.array([  # garment colours
     (200, 30, 30), (30, 60, 170), (30, 140, 60), (230, 200, 40), (240, 240, 240), (25, 25, 25),
     (120, 120, 120), (150, 80, 30), (230, 120, 170), (100, 40, 130), (250, 140, 20), (20, 150, 160),
@@ -229,20 +231,28 @@ def _zoom(img: Image.Image, zoom: float, fill, resample) -> Image.Image:
 
 
 def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, outfit_pool: int | None = None,
-             images_per_view: tuple[int, int] = (2, 4), progress: bool = False, val_ids: int | None = None) -> Path:
-    """Write OUT/{train,query,test}/<pid>_<clothes>_c<cam>_<frame>.png (LTCC naming). Half the ids train.
+             images_per_view: tuple[int, int] = (2, 4), progress: bool = False, val_ids: int | None = None,
+             test_ids: int | None = None) -> Path:
+    """Write OUT/{train,query,test}/<pid>_<clothes>_c<cam>_<frame>.png (LTCC naming). ``ids // 2`` identities train.
 
+    The test split holds the other ``ids - ids // 2`` identities, plus, when ``test_ids`` is larger, further
+    ones from their own random stream (so the training images are the same whatever the test size: the
+    splits can grow to give the comparison statistical power without changing what is trained on).
     OUT/val/{query,test} holds a validation query/gallery of ``val_ids`` further identities (default
     max(4, ids // 3)), in neither train nor test: model selection and recipe choices use it, never
-    the test queries. They are drawn from their own random stream, so train and test are the same
-    images with or without them. Also OUT/masks/<name>.png for query and test images (part labels:
-    1 identity trait, 2 garment) and OUT/synthetic.json with every person's traits and outfits.
+    the test queries; also from their own stream. Every (outfit, camera) view of a test or validation
+    person gives one query image; the rest of the view goes to the gallery. Also OUT/masks/<name>.png
+    for test-split images (part labels: 1 identity trait, 2 garment) and OUT/synthetic.json with every
+    person's traits and outfits.
     """
     from tqdm import tqdm
     import sys
 
     out = Path(out)
     n_val = max(4, ids // 3) if val_ids is None else val_ids
+    n_train = ids // 2
+    n_test = ids - n_train if test_ids is None else test_ids
+    n_extra = max(0, n_test - (ids - n_train))
     for sub in ("train", "query", "test", "masks") + (("val/query", "val/test") if n_val else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -251,32 +261,28 @@ def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, o
     people = [_rand_identity(rng) for _ in range(ids)]
     vrng = np.random.default_rng((0x7A11D, seed))  # the validation people's own stream
     val_people = [_rand_identity(vrng) for _ in range(n_val)]
+    xrng = np.random.default_rng((0x7E57, seed))  # the extra test people's own stream
+    extra_people = [_rand_identity(xrng) for _ in range(n_extra)]
     worn: list[list[int]] = []
-    n_train = ids // 2
     n_written = {"train": 0, "query": 0, "test": 0, "val/query": 0, "val/test": 0}
     frame = [0]
-    bar = tqdm(total=ids + n_val, desc="synth", disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(total=ids + n_extra + n_val, desc="synth", disable=not (progress and sys.stderr.isatty()))
 
     def person_images(pid: int, person: Identity, r, role: str) -> list[int]:
         """role: train | test (query + gallery, with masks) | val (query + gallery under val/)."""
         n_out = int(r.integers(2, 6))
         outfit_ids = r.choice(len(catalogue), size=n_out, replace=False)
-        query_cams_used: set = set()
         prefix = "val/" if role == "val" else ""
         for clothes_idx, oid in enumerate(outfit_ids):
             n_cams = int(r.integers(2, 5))
             view_cams = r.choice(cameras, size=n_cams, replace=False)
-            q_cam = None
-            if role != "train":  # one query per outfit, from a camera not yet used for this person's queries
-                free = [c for c in view_cams if c not in query_cams_used] or list(view_cams)
-                q_cam = int(free[0])
-                query_cams_used.add(q_cam)
             for cam in view_cams:
                 n_img = int(r.integers(images_per_view[0], images_per_view[1] + 1))
                 for k in range(n_img):
                     img, mask = render(person, catalogue[oid], cams[cam], r, with_mask=True) if role == "test" else (
                         render(person, catalogue[oid], cams[cam], r), None)  # masks score test images only
-                    split = "train" if role == "train" else prefix + ("query" if (cam == q_cam and k == 0) else "test")
+                    # test / val: the first image of every view is a query, the rest gallery
+                    split = "train" if role == "train" else prefix + ("query" if k == 0 else "test")
                     name = f"{pid:03d}_{clothes_idx + 1}_c{cam + 1}_{frame[0]:06d}.png"
                     img.save(out / split / name, compress_level=1)
                     if mask is not None:
@@ -289,18 +295,20 @@ def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, o
     for pid, person in enumerate(people):
         # clothes label k (1-based in the name) is outfit worn[pid][k-1]
         worn.append(person_images(pid, person, rng, "train" if pid < n_train else "test"))
-    val_worn = [person_images(ids + i, person, vrng, "val") for i, person in enumerate(val_people)]
+    worn += [person_images(ids + i, person, xrng, "test") for i, person in enumerate(extra_people)]
+    val_worn = [person_images(ids + n_extra + i, person, vrng, "val") for i, person in enumerate(val_people)]
     bar.close()
     meta = {"generator": "scireid.synthetic", "version": GENERATOR_VERSION, "ids": ids, "seed": seed, "cameras": cameras,
             "outfit_catalogue": len(catalogue), "images": n_written,
-            "identities": [asdict(p) for p in people], "catalogue": [asdict(o) for o in catalogue], "outfits_worn": worn,
+            "test_ids": n_test, "identities": [asdict(p) for p in people + extra_people], "catalogue": [asdict(o) for o in catalogue], "outfits_worn": worn,
             "val_ids": n_val, "val_identities": [asdict(p) for p in val_people], "val_outfits_worn": val_worn}
     (out / "synthetic.json").write_text(json.dumps(meta, indent=1))
     log.info("synthetic dataset: %s images in %s", n_written, out)
     return out
 
 
-def generate_complete(out: str | Path, ids: int = 120, seed: int = 0, val_ids: int | None = None) -> Path:
+def generate_complete(out: str | Path, ids: int = 120, seed: int = 0, val_ids: int | None = None,
+                      test_ids: int | None = None) -> Path:
     """``generate`` into OUT.partial, renamed to OUT only when complete: a full disk or a kill never
     leaves a folder that looks like a dataset. OUT must not exist or be empty."""
     import shutil
@@ -311,11 +319,14 @@ def generate_complete(out: str | Path, ids: int = 120, seed: int = 0, val_ids: i
         raise DatasetError(f"{out}: already exists and is not an empty folder; choose another output folder")
     if ids < 2 or (val_ids is not None and val_ids < 0):
         raise DatasetError(f"--ids {ids} / --val-ids {val_ids}: expected at least 2 identities and val-ids >= 0")
+    if test_ids is not None and test_ids < ids - ids // 2:
+        raise DatasetError(f"--test-ids {test_ids}: expected at least ids - ids // 2 = {ids - ids // 2} (the test split "
+                           f"only grows, from its own random stream)")
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        generate(tmp, ids=ids, seed=seed, progress=True, val_ids=val_ids)
+        generate(tmp, ids=ids, seed=seed, progress=True, val_ids=val_ids, test_ids=test_ids)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DatasetError(f"{out}: could not write the synthetic set ({e.strerror or e}); nothing was left behind") from None
@@ -325,16 +336,20 @@ def generate_complete(out: str | Path, ids: int = 120, seed: int = 0, val_ids: i
     return out
 
 
-def ensure_synthetic(root: str | Path, ids: int = 120, seed: int = 0) -> Path:
+def ensure_synthetic(root: str | Path, ids: int = 120, seed: int = 0, test_ids: int | None = None,
+                     val_ids: int | None = None) -> Path:
     """Generate once; an existing dataset with other parameters is an error, not silently reused."""
     root = Path(root)
     meta_path = root / "synthetic.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("ids") != ids or meta.get("seed") != seed or meta.get("version") != GENERATOR_VERSION:
+        want = {"ids": ids, "seed": seed, "version": GENERATOR_VERSION,
+                "test_ids": ids - ids // 2 if test_ids is None else test_ids,
+                "val_ids": max(4, ids // 3) if val_ids is None else val_ids}
+        have = {k: meta.get(k) for k in want}
+        if have != want:
             from .records import DatasetError
-            raise DatasetError(f"{root} holds a synthetic set with ids={meta.get('ids')} seed={meta.get('seed')} "
-                               f"version={meta.get('version')}, not ids={ids} seed={seed} version={GENERATOR_VERSION}; "
-                               f"choose another folder")
+            raise DatasetError(f"{root} holds a synthetic set with {' '.join(f'{k}={v}' for k, v in have.items())}, not "
+                               f"{' '.join(f'{k}={v}' for k, v in want.items())}; choose another folder")
         return root
-    return generate_complete(root, ids=ids, seed=seed)
+    return generate_complete(root, ids=ids, seed=seed, test_ids=test_ids, val_ids=val_ids)

@@ -106,15 +106,16 @@ class Stage2Task:
         model.bottleneck.bias.requires_grad_(False)
         model.bottleneck_proj.bias.requires_grad_(False)
         self.net = wrap(model) if wrap else model  # DDP wrapper under torchrun
-        weights, biases = [], []
+        weights, biases, gate = [], [], []
         for n, p in model.named_parameters():
             if not p.requires_grad or n.startswith("clothes_classifier"):
                 continue
-            (biases if n.endswith("bias") else weights).append(p)
-        self.opt = torch.optim.Adam([
-            {"params": weights, "base_lr": self.c.lr},
-            {"params": biases, "base_lr": self.c.lr * self.c.bias_lr_factor},
-        ], lr=self.c.lr, weight_decay=self.c.weight_decay)
+            (gate if n == "sim.gamma" else biases if n.endswith("bias") else weights).append(p)
+        groups = [{"params": weights, "base_lr": self.c.lr},
+                  {"params": biases, "base_lr": self.c.lr * self.c.bias_lr_factor}]
+        if gate:  # SIM's gate: its own lr factor, no weight decay (Stage2Config.gate_lr_factor)
+            groups.append({"params": gate, "base_lr": self.c.lr * self.c.gate_lr_factor, "weight_decay": 0.0})
+        self.opt = torch.optim.Adam(groups, lr=self.c.lr, weight_decay=self.c.weight_decay)
         self.opt_cc = torch.optim.Adam(model.clothes_classifier.parameters(), lr=self.c.cal_lr,
                                        weight_decay=self.c.weight_decay)
         d = cfg.data
@@ -181,6 +182,8 @@ class Stage2Task:
         loss = c.id_weight * l_id + c.triplet_weight * l_tri + c.i2t_weight * l_i2t
         terms = {"id": l_id.item(), "tri": l_tri.item(), "i2t": l_i2t.item(),
                  "acc": float((out["logits_p"].argmax(1) == pids).float().mean())}
+        if "sim_share" in out:  # |p' - p| / |p'| on the training batch: how far SIM moves the feature
+            terms["sim_share"] = float(out["sim_share"].mean())
         if self.clothes_classifier_active(epoch):
             # 1) the clothes classifier learns on detached features with its own optimizer
             cc = m.clothes_classifier(out["bn"].detach())
@@ -204,9 +207,9 @@ class Stage2Task:
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         rec: dict[str, Any] = {"lr": self.lr}
         if self.model.sim is not None:
-            rec["gamma"] = self.model.sim.gamma.item()
+            rec["gamma"] = self.model.sim.gate_value()
         last = epoch + 1 == self.epochs
-        if self.evaluate is not None and ((epoch + 1) % max(self.c.eval_every, 1) == 0 or last):
+        if self.evaluate is not None and self.c.eval_every > 0 and ((epoch + 1) % self.c.eval_every == 0 or last):
             res = self.evaluate(epoch)
             if res:
                 rec["eval"] = res["results"]

@@ -30,7 +30,7 @@ def model_spec(cfg: Config, ds: ReIDDataset) -> ModelSpec:
     m = cfg.model
     return ModelSpec(m.arch, ds.num_train_pids, ds.num_train_clothes, cfg.data.height, cfg.data.width, m.n_ctx,
                      m.sse, m.sim, m.sim_attention, m.sim_pooling, m.sim_heads, m.sim_residual,
-                     m.test_feature)
+                     m.test_feature, m.sim_gate, m.sim_gate_init)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -252,7 +252,7 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
     if cfg.run.compile:
         model.visual.trunk = torch.compile(model.visual.trunk)  # keeps state-dict names intact
     task = Stage2Task(model, ds, cfg, ctx, evaluate, ddp_wrap if ctx.enabled else None)
-    if engine.run(task, resume) == 0:  # resumed a finished run: evaluate what is there (on every rank)
+    if engine.run(task, resume) == 0 and cfg.stage2.eval_every > 0:  # resumed a finished run: evaluate what is there
         task.last_eval = evaluate(task.epochs - 1) or {}
     result: dict[str, Any] = {}
     if ctx.is_main:

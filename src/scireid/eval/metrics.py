@@ -252,6 +252,29 @@ def per_query_ap(distmat, q_pids, g_pids, q_camids, g_camids, q_clothes=None, g_
     return out
 
 
+def per_query_metrics(qf, gf, q_pids, g_pids, q_camids, g_camids, q_clothes=None, g_clothes=None,
+                      mode: str = "general", chunk: int = 1024) -> dict[str, np.ndarray]:
+    """R-1 hit (0/1) and AP of every query from features (cosine), NaN where the query has no valid match.
+
+    Their means over the valid queries are ``evaluate_features``' R-1 and mAP; kept per query so that
+    two models can be compared query by query (paired bootstrap, ``scireid.analysis.bootstrap``).
+    """
+    qp, gp, qc, gc, qclo, gclo = _labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, mode)
+    r1 = np.full(len(qp), np.nan)
+    ap = np.full(len(qp), np.nan)
+    for s, d, owned in cosine_distance_blocks(qf, gf, chunk):
+        e = s + d.shape[0]
+        qi, gi, good = pair_flags(qp[s:e], gp, qc[s:e], gc, qclo[s:e], gclo, mode)
+        rq, rk, ng = _positive_ranks(np.asarray(d), qi, gi, good, owned, "auto", qp[s:e], gp)
+        hit_no = np.arange(len(rq)) - np.searchsorted(rq, rq)
+        sums = np.bincount(rq, weights=(hit_no + 1) / (rk + 1), minlength=len(ng))
+        first = np.bincount(rq, weights=(rk == 0).astype(np.float64), minlength=len(ng))
+        valid = ng > 0
+        ap[s:e][valid] = sums[valid] / ng[valid]
+        r1[s:e][valid] = first[valid]
+    return {"r1": r1, "ap": ap}
+
+
 def ranked_gallery(dist_row: np.ndarray, q_pid, q_cam, q_clo, g_pids, g_cams, g_clos, mode: str = "general") -> np.ndarray:
     """Gallery indices of one query in ranking order with its junk removed (stable: ties by gallery order)."""
     order = np.argsort(dist_row, kind="stable")

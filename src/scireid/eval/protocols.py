@@ -42,6 +42,25 @@ def run_protocols(ds: ReIDDataset, feats, rerank: bool = False, chunk: int = 102
     return results
 
 
+def per_query_outcomes(ds: ReIDDataset, feats, chunk: int = 1024) -> dict[str, dict[str, list]]:
+    """Per protocol (those without seeded gallery trials): each query's identity, R-1 hit and AP (None where
+    the query has no valid match), for paired comparisons of two models on the same queries."""
+    from .metrics import per_query_metrics
+    feats = np.asarray(feats.detach().cpu() if hasattr(feats, "detach") else feats, dtype=np.float32)
+    pids = np.array([r.pid for r in ds.test])
+    cams = np.array([r.camid for r in ds.test])
+    clo = np.array([r.clothes for r in ds.test])
+    out: dict[str, dict[str, list]] = {}
+    for p in ds.protocols:
+        if p.gallery_trials:
+            continue
+        q, g = p.query, p.gallery
+        m = per_query_metrics(feats[q], feats[g], pids[q], pids[g], cams[q], cams[g], clo[q], clo[g], p.mode, chunk)
+        out[p.name] = {"pid": pids[q].tolist(),
+                       **{k: [None if not np.isfinite(x) else float(x) for x in v] for k, v in m.items()}}
+    return out
+
+
 def format_table(results: dict[str, dict[str, Any]], title: str = "") -> str:
     head = f"{'protocol':<16}" + "".join(f"{c:>8}" for c in COLUMNS) + f"{'valid q':>9}"
     lines = [title] if title else []

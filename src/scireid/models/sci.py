@@ -33,6 +33,8 @@ class ModelSpec:
     sim_heads: int = 8
     sim_residual: str = "absolute"
     test_feature: str = "concat"
+    sim_gate: str = "scalar"  # scalar | channel
+    sim_gate_init: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,7 +96,7 @@ class SCIModel(nn.Module):
                                 if spec.sse else None)
         v = self.visual
         self.sim = SIM(v.map_dim, v.proj_dim, spec.sim_attention, spec.sim_pooling, spec.sim_heads,
-                       spec.sim_residual) if spec.sim else None
+                       spec.sim_residual, spec.sim_gate, spec.sim_gate_init) if spec.sim else None
         # per-identity text prototypes (T_ort with SSE, else T_id), fixed after stage 1
         self.register_buffer("prototypes", torch.zeros(spec.num_pids, v.proj_dim))
         self.bottleneck = _bn_neck(v.map_dim)
@@ -141,10 +143,9 @@ class SCIModel(nn.Module):
         """mid (for triplet), g, p' and the test feature; SIM (if on) refines the map and updates p."""
         mid, fmap, cls = self.visual.trunk(x)
         z = self.sim.refine_map(fmap) if self.sim is not None else fmap
-        g, p = self.visual.pool(z, cls)
-        if self.sim is not None:
-            p = self.sim.update(p, z, self.prototypes)
-        return {"mid": mid, "g": g, "p": p, "z": z}
+        g, p0 = self.visual.pool(z, cls)
+        p = self.sim.update(p0, z, self.prototypes) if self.sim is not None else p0
+        return {"mid": mid, "g": g, "p": p, "p0": p0, "z": z}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.image_features(x)
@@ -154,6 +155,8 @@ class SCIModel(nn.Module):
         else:
             feat = torch.cat([g, p], dim=1)
         out = {"mid": f["mid"].float(), "g": g, "p": p, "feat": feat}
+        if self.sim is not None:  # what SIM adds to p: |p' - p| / |p'| per image (a measurement, no gradient)
+            out["sim_share"] = ((p - f["p0"].float()).norm(dim=1) / p.norm(dim=1).clamp_min(1e-12)).detach()
         if self.training:
             bn_g, bn_p = self.bottleneck(g), self.bottleneck_proj(p)
             out.update(bn=torch.cat([bn_g, bn_p], 1), logits_g=self.classifier(bn_g), logits_p=self.classifier_proj(bn_p))

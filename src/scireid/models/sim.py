@@ -81,12 +81,15 @@ class TextVisualCrossAttention(nn.Module):
 
 class SIM(nn.Module):
     def __init__(self, vis_dim: int, text_dim: int, attention: str = "nonlocal", pooling: str = "mean", heads: int = 8,
-                 residual: str = "absolute"):
+                 residual: str = "absolute", gate: str = "scalar", gate_init: float = 0.0):
         super().__init__()
         self.residual = residual
         self.context = NonLocal(vis_dim) if attention == "nonlocal" else SelfAttention2d(vis_dim, heads)
         self.cross = TextVisualCrossAttention(text_dim, vis_dim, pooling)
-        self.gamma = nn.Parameter(torch.zeros(()))  # eq. 17 gate, starts closed
+        # eq. 17's gate: one scalar (the paper), or one per channel of p (LayerScale). The paper's reading starts it
+        # closed (0); a closed gate gives the cross-attention no gradient until Adam has moved it, about lr per step.
+        shape = () if gate == "scalar" else (text_dim,)
+        self.gamma = nn.Parameter(torch.full(shape, float(gate_init)))
 
     def refine_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.context(x)
@@ -102,6 +105,10 @@ class SIM(nn.Module):
         if self.residual == "relative":
             r = r * (p.norm(dim=1, keepdim=True).detach() / r.norm(dim=1, keepdim=True).clamp_min(1e-12))
         return p + self.gamma * r
+
+    def gate_value(self) -> float:
+        """The gate as one number for logs: gamma, or the mean of the per-channel gate."""
+        return float(self.gamma.detach().float().mean())
 
 
 __all__ = ["NonLocal", "SelfAttention2d", "TextVisualCrossAttention", "SIM"]
