@@ -305,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--ids", type=int, help="identities in the synthetic set, half train, half test (default 120; "
                                            "80 with --quick)")
-    d.add_argument("--test-ids", type=int, help="test identities (default 5/3 x --ids: statistical power, no extra "
-                                                "training)")
-    d.add_argument("--val-ids", type=int, help="validation identities (default 5/3 x --ids)")
+    d.add_argument("--test-ids", type=int, help="test identities (default 2.5 x --ids, --ids with --quick: statistical "
+                                                "power at no extra training)")
+    d.add_argument("--val-ids", type=int, help="validation identities (default as --test-ids)")
     d.add_argument("--jobs", type=int, default=0, help="runs trained at once, each in its own process "
                                                       "(default: 2 on 2+ cores)")
     d.add_argument("overrides", nargs="*", help="section.key=value applied to every variant")

@@ -89,7 +89,12 @@ class Engine:
             task.restore(meta)
         st = load_state(d)
         for k, o in task.optimizers().items():
-            o.load_state_dict(st["optimizers"][k])
+            try:
+                o.load_state_dict(st["optimizers"][k])
+            except (ValueError, KeyError) as e:  # e.g. a run saved before SIM's gate had its own parameter group
+                from ..errors import CheckpointError
+                raise CheckpointError(f"{d}: its {k} optimizer state does not fit this version's parameter groups "
+                                      f"({e}); start the stage again in a new --out folder") from None
         if scaler is not None and st["scaler"]:
             scaler.load_state_dict(st["scaler"])
         torch.set_rng_state(st["torch_rng"])
