@@ -49,7 +49,7 @@ def test_search_benchmark_on_embedded_features_holds_out_queries(tmp_path):
     from deploy_speed import real_features
     f = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
     np.save(tmp_path / "feats.npy", f)
-    (tmp_path / "feats.json").write_text(json.dumps({"rows": []}))
+    (tmp_path / "feats.json").write_text(json.dumps({"rows": [{"path": f"{i}.png"} for i in range(300)]}))
     g, q = real_features(str(tmp_path / "feats.npy"), n_queries=40)
     assert g.shape == (260, 8) and q.shape == (40, 8)
     rows = {r.tobytes() for r in f}

@@ -230,7 +230,7 @@ def test_cli_index_options_are_refused_before_anything_is_embedded(full_run, gal
     monkeypatch.setattr(embed_mod, "embed", lambda *a, **k: pytest.fail("embedded before checking the options"))
     run, _ = full_run
     for extra, message in ((["--kind", "ivf", "--store", "fp16"], "--store fp16 applies to --kind pca-flat"),
-                           (["--kind", "hnsw", "--recall", "0"], "--recall 0.0: expected a number in (0, 1]")):
+                           (["--kind", "hnsw", "--recall", "0"], "--recall 0.0: expected a number in [0.01, 1.0]")):
         capsys.readouterr()
         assert main(["index", "build", str(run), str(gallery), "--out", str(tmp_path / "idx"), *extra]) == 2
         err = capsys.readouterr().err
@@ -262,6 +262,7 @@ def test_cli_index_search_html_and_fingerprint(full_run, gallery, data_root, tmp
         sd = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in sd.items()}
         from scireid.engine.checkpoint import tensors_sha256
         meta["tensor_sha256"] = tensors_sha256(sd)  # another model, properly written
+        meta.pop("meta_sha256", None)
         save_file(sd, str(other / name), metadata={k: json.dumps(v) for k, v in meta.items()})
     capsys.readouterr()
     assert main(["search", str(tmp_path / "idx"), str(query), "--model", str(other)]) == 2

@@ -182,6 +182,9 @@ def test_index_files_are_verified_and_broken_ones_named(index_dir, data_root, ca
     m["sha256"] = {}  # an edited index.json whose dimension no longer fits index.faiss
     m["dim"] = m["dim"] + 1
     meta.write_text(json.dumps(m))
+    one_line_error(capsys, ["search", str(index_dir), q], "index.json: does not match the checksum")
+    m.pop("meta_sha256")  # an index written before index.json carried its own checksum: the dimension is still checked
+    meta.write_text(json.dumps(m))
     one_line_error(capsys, ["search", str(index_dir), q], "index.json: says dim")
     meta.write_text(good)
     f = cur / "index.faiss"
@@ -226,6 +229,7 @@ def test_index_add_is_atomic_and_refuses_other_models_before_embedding(index_dir
         sd, meta = load_file(str(other / name)), read_meta(other / name)
         sd = {k: (v * 1.5 if v.is_floating_point() else v) for k, v in sd.items()}
         meta["tensor_sha256"] = tensors_sha256(sd)
+        meta.pop("meta_sha256", None)  # written by hand: no header checksum
         save_file(sd, str(other / name), metadata={k: json.dumps(v) for k, v in meta.items()})
 
     def no_embedding(*a, **k):

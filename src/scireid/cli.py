@@ -33,7 +33,8 @@ def cmd_check(a) -> int:
 
     ds = build_dataset(a.name, a.root, lenient=True)
     bad = check_dataset(ds, progress=True)
-    n = len(ds.train) + len(ds.test)
+    val = ds.validation()
+    n = len(ds.train) + len(ds.test) + (len(val.test) if val is not None else 0)
     for path, why in bad:
         print(f"BAD {path}: {why}")
     print(f"{n} images checked, {len(bad)} bad" if bad else f"{n} images checked, all decode")
@@ -126,11 +127,9 @@ def cmd_embed(a) -> int:
     return 0
 
 
-def _embed_for_index(a, out_feats, backend=None):
+def _embed_for_index(a, items, out_feats, backend=None):
     from .deploy.embed import embed, load_features
-    from .deploy.inputs import read_inputs
-    s = embed(a.model, read_inputs(a.input, a.frames), out_feats, batch=a.batch, workers=a.workers, device=a.device,
-              backend=backend)
+    s = embed(a.model, items, out_feats, batch=a.batch, workers=a.workers, device=a.device, backend=backend)
     feats, side = load_features(out_feats)  # memory-mapped: the index holds the only copy in RAM
     return feats, side, s
 
@@ -148,22 +147,36 @@ def cmd_index(a) -> int:
         check_build_options(a.kind, a.recall, a.store)
         if Index.exists(out):
             raise UserError(f"{out} already holds an index; use 'scireid index add' or another folder")
+        if out.is_dir():  # a build killed before its first switch: its unswitched version is removed, not refused
+            from .deploy.index import clean_index_leftovers
+            with RunLock(out):
+                clean_index_leftovers(out, unswitched=True)
         check_out_dir(out, marker=("CURRENT", "index.json"))
     elif not Index.exists(out):
         raise UserError(f"{out}: no index there to add to; build one with 'scireid index build'")
     with RunLock(out):
+        from .deploy.index import clean_index_leftovers
+        clean_index_leftovers(out)  # what a killed build / add left: its embedding folder, a half-written switch
         from .deploy.backend import check_fingerprint, open_backend
         be = open_backend(a.model, a.device)  # loaded once: checked against the index, then used to embed
+        from .deploy.embed import job_key
+        from .deploy.inputs import read_inputs
+        items = read_inputs(a.input, a.frames)
+        job = job_key(items, be.fingerprint, False, 0)  # what this command adds: the same inputs are never added twice
         if a.icmd == "add":
             idx = Index.load(out)
             check_fingerprint(be.fingerprint, idx.fingerprint, f"index {out}")
-        with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-            feats, side, s = _embed_for_index(a, Path(tmp) / "feats.npy", be)
+            if job in idx.params.get("jobs", []):
+                raise UserError(f"{out}: these inputs were already added (an earlier add finished, perhaps just before "
+                                f"a kill); nothing to do")
+        with tempfile.TemporaryDirectory(dir=out, prefix=".embed.", suffix=".tmp") as tmp:  # inside: cleaned with it
+            feats, side, s = _embed_for_index(a, items, Path(tmp) / "feats.npy", be)
             if a.icmd == "build":
                 idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model),
                                   recall=a.recall, store=a.store)
             else:
                 idx.add(feats, side["rows"], side["fingerprint"])
+            idx.params["jobs"] = [*idx.params.get("jobs", []), job]
             idx.save(out)
     rec = idx.params.get("recall@10_vs_exact")
     knobs = ", ".join(f"{k}={v}" for k, v in idx.settings.items())
@@ -249,9 +262,12 @@ def cmd_export(a) -> int:
         imgs = [it.path for it in items]
     if a.static_batch is not None and a.static_batch < 1:
         raise UserError(f"--static-batch {a.static_batch}: expected a batch size >= 1")
-    from .deploy.export import CONSUMERS
-    input_norm = CONSUMERS[a.for_tool]["input_norm"] if a.for_tool else a.input_norm
-    if a.for_tool and a.input_norm not in ("model", input_norm):
+    from .deploy.export import CONSUMERS, OPSETS
+    if a.opset not in OPSETS:
+        raise UserError(f"--opset {a.opset}: expected {OPSETS.start}-{OPSETS.stop - 1} (the graph needs opset "
+                        f"{OPSETS.start}'s operators)")
+    input_norm = CONSUMERS[a.for_tool]["input_norm"] if a.for_tool else (a.input_norm or "model")
+    if a.for_tool and a.input_norm not in (None, input_norm):
         raise UserError(f"--for {a.for_tool} feeds {input_norm}-normalised input; drop --input-norm {a.input_norm}")
     size = None
     if a.input_size:
@@ -295,9 +311,10 @@ def _cmd_index_add(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scireid", description="SCI / CLIP-ReID for cloth-changing person re-identification")
+    p = _Parser(prog="scireid", description="SCI / CLIP-ReID for cloth-changing person re-identification")
     p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected error")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     d = sub.add_parser("demo", help="generate synthetic data, train baseline and SCI, write a report")
     d.add_argument("--out", default="scireid_demo")
@@ -414,8 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, metavar="MODEL.onnx")
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument("--dynamic-batch", action="store_true", help="the default; kept for old command lines")
-    ex.add_argument("--input-norm", default="model", choices=["model", "imagenet"],
-                    help="what the graph takes: our mean/std-normalised RGB (model) or ImageNet-normalised RGB")
+    ex.add_argument("--input-norm", choices=["model", "imagenet"],
+                    help="what the graph takes: our mean/std-normalised RGB (model, the default) or ImageNet-normalised "
+                         "RGB")
     ex.add_argument("--for", dest="for_tool", choices=["boxmot"],
                     help="a graph for this tool's ReID backend (boxmot: --input-norm imagenet --consumer-resize "
                          "opencv --input-size 512x256 for a 64x32 or 256x128 model)")
@@ -437,22 +455,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Every numeric option of every subcommand and its allowed range, checked before any work (a test walks the
+# parser and fails on a numeric option missing here). Huge values are refused too: a --topk of 10^12 or 10^9
+# images is a typo, not a job.
+NUMERIC_OPTIONS: dict[str, tuple[float, float]] = {
+    "topk": (1, 100_000), "queries": (1, 100_000), "batch": (1, 65_536), "chunk": (1, 10_000_000),
+    "workers": (0, 256), "ids": (1, 1_000_000), "jobs": (0, 256), "test_ids": (1, 1_000_000),
+    "val_ids": (0, 1_000_000), "seed": (0, 2 ** 32 - 1), "images": (1, 100_000_000), "epochs": (1, 100_000),
+    "recall": (0.01, 1.0), "opset": (1, 100), "static_batch": (1, 65_536),
+}
+
+
 def _check_counts(args) -> None:
-    """Counts any command takes (--topk, --queries, --batch, --chunk, --workers), checked before any work."""
+    """Every numeric option (NUMERIC_OPTIONS): finite and within its range, checked before any work."""
+    import math
+
     from .errors import ConfigError
-    for name, low in (("topk", 1), ("queries", 1), ("batch", 1), ("chunk", 1), ("workers", 0), ("ids", 1),
-                      ("jobs", 0), ("test_ids", 1), ("val_ids", 0)):
+    for name, (low, high) in NUMERIC_OPTIONS.items():
         v = getattr(args, name, None)
-        if isinstance(v, int) and v < low:
-            raise ConfigError(f"--{name} {v}: expected an integer >= {low}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not math.isfinite(v) or not low <= v <= high:
+                kind = "an integer" if isinstance(v, int) else "a number"
+                raise ConfigError(f"--{name.replace('_', '-')} {v}: expected {kind} in [{low}, {high}]")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (a wrong type, an unknown choice) as one line, like every other scireid error."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"scireid {self.prog.split(' ', 1)[1] if ' ' in self.prog else ''}: error: {message}\n"
+                  .replace("scireid : ", "scireid: "))
+
+
+def _check_output_paths(args) -> None:
+    """Files a command will write (--out of embed / export, --html of search): a file path whose folder exists or
+    can be made, never a folder itself and never below a file."""
+    from .io_utils import check_output_file
+    for attr, flag in (("html", "--html"),):
+        if getattr(args, attr, None):
+            check_output_file(getattr(args, attr), flag)
+    if args.cmd in ("embed", "export") and getattr(args, "out", None):
+        check_output_file(args.out, "--out")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    except SystemExit as e:  # argparse's --help (0) or its one-line error (2): a return code, as every other path
+        return int(e.code or 0)
     if extra:
         args.overrides = list(args.overrides) + extra
     args.argv = list(argv) if argv is not None else sys.argv[1:]
@@ -462,10 +516,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _check_counts(args)
+        _check_output_paths(args)
         return args.fn(args)
     except (UserError, ImageReadError, FileNotFoundError) as e:
         print(f"scireid: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print("scireid: error: out of memory; use smaller --batch / --chunk / --topk values", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug or a case nobody foresaw: one line, the traceback only under --debug
+        if args.debug:
+            raise
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        print(f"scireid: error: unexpected {type(e).__name__}: {first} (this is a bug in scireid or an input it does "
+              f"not check; rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

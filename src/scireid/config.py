@@ -274,7 +274,9 @@ def resolve_preset(name_or_path: str) -> Path:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file; expected a YAML mapping of config sections") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -283,6 +285,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     if data is None:
         raise ConfigError(f"{path}: the file is empty; expected a mapping of config sections")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping of config sections, got {type(data).__name__}")
     return data
 
 
@@ -316,8 +320,9 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
     return cfg
 
 
-def validate_config(cfg: Config) -> Config:
-    """Everything a run (both stages and evaluation) will need, checked before the first step."""
+def validate_config(cfg: Config, weights: bool = True) -> Config:
+    """Everything a run (both stages and evaluation) will need, checked before the first step. ``weights``: also
+    the CLIP weights setting (not for evaluating a checkpoint, which carries its own)."""
     import math
     import re
 
@@ -346,6 +351,26 @@ def validate_config(cfg: Config) -> Config:
     for dotted in non_negative:
         if get(dotted) < 0:
             raise ConfigError(f"{dotted}={get(dotted)}: expected a value >= 0")
+    # learning rates and loss weights that cannot train anything sensible: refused before any file is written
+    for dotted in ("stage1.lr", "stage2.lr", "stage2.cal_lr", "stage1.warmup_lr", "stage1.min_lr"):
+        if get(dotted) > 1.0:
+            raise ConfigError(f"{dotted}={get(dotted)}: expected a learning rate <= 1 (CLIP-ReID uses 3.5e-4)")
+    if cfg.stage2.lr * cfg.stage2.gate_lr_factor > 1.0:
+        raise ConfigError(f"stage2.gate_lr_factor={cfg.stage2.gate_lr_factor}: the gate's lr "
+                          f"{cfg.stage2.lr * cfg.stage2.gate_lr_factor:g} would exceed 1")
+    if cfg.stage2.triplet_margin < 0:
+        raise ConfigError(f"stage2.triplet_margin={cfg.stage2.triplet_margin}: expected a margin >= 0")
+    if cfg.stage2.cal_start_epoch < 0:
+        raise ConfigError(f"stage2.cal_start_epoch={cfg.stage2.cal_start_epoch}: expected an epoch >= 0")
+    if cfg.stage2.cal_classifier_start_epoch < -1:
+        raise ConfigError(f"stage2.cal_classifier_start_epoch={cfg.stage2.cal_classifier_start_epoch}: expected an "
+                          f"epoch >= 0, or -1 (with the adversarial loss)")
+    for dotted in ("stage1.epochs", "stage2.epochs"):
+        if get(dotted) > 100_000:
+            raise ConfigError(f"{dotted}={get(dotted)}: expected at most 100000 epochs")
+    for dotted in ("data.height", "data.width"):
+        if get(dotted) > 4096:
+            raise ConfigError(f"{dotted}={get(dotted)}: expected at most 4096 pixels")
     for dotted in ("data.flip_prob", "data.erasing_prob", "stage2.label_smoothing", "stage2.cal_epsilon"):
         if not 0 <= get(dotted) < 1 + dotted.endswith("prob"):
             raise ConfigError(f"{dotted}={get(dotted)}: expected a value in [0, 1]")
@@ -378,8 +403,21 @@ def validate_config(cfg: Config) -> Config:
     if cfg.data.height % mult or cfg.data.width % mult:
         raise ConfigError(f"data.height={cfg.data.height} data.width={cfg.data.width}: {cfg.model.arch} needs both to be "
                           f"multiples of {mult}")
-    from .models.weights import check_weights_setting
-    check_weights_setting(cfg.model.weights, cfg.model.arch)
+    from .models.backbone import model_config
+    ctx_len = model_config(cfg.model.arch)["text_cfg"].get("context_length", 77)
+    if cfg.model.n_ctx + 8 > ctx_len:  # SOS + "A photo of the" + n_ctx + "clothes." + EOS
+        raise ConfigError(f"model.n_ctx={cfg.model.n_ctx}: the prompt would not fit {cfg.model.arch}'s {ctx_len} text "
+                          f"tokens; expected at most {ctx_len - 8}")
+    if cfg.run.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device={cfg.run.device}: no CUDA device on this machine; use auto or cpu")
+        idx = int(cfg.run.device.split(":")[1]) if ":" in cfg.run.device else 0
+        if idx >= torch.cuda.device_count():
+            raise ConfigError(f"run.device={cfg.run.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if weights:
+        from .models.weights import check_weights_setting
+        check_weights_setting(cfg.model.weights, cfg.model.arch)
     return cfg
 
 

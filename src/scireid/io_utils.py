@@ -30,7 +30,9 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_dead_temps(path)
+    # the writer's pid in the name: a later write of the same file removes what a killed writer left
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)
@@ -40,12 +42,49 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         # torch.save reports a full disk as RuntimeError("... unexpected pos ..."), safetensors as StorageFull
+        # numpy reports a short write as "N requested and M written", faiss as an fwrite error, sqlite as "disk is full"
         full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
-            s in str(e) for s in ("unexpected pos", "No space left", "StorageFull"))
+            s in str(e) for s in ("unexpected pos", "No space left", "StorageFull", "requested and", "fwrite",
+                                  "disk is full", "Errno 28"))
         if full:
             raise DiskFull(f"no space left on the device writing {path}; the file as it was before is intact") from None
         raise
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_dead_temps(path: str | Path) -> list[Path]:
+    """Temporary files of ``path`` whose writer is gone (killed mid-write): ``.NAME.<pid>-XXXX.tmp``."""
+    path = Path(path)
+    removed = []
+    for p in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else []:
+        pid = p.name[len(path.name) + 2:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def check_output_file(path: str | Path, option: str) -> Path:
+    """A path a command may write a file to: not a folder, and no ancestor is a file. Checked before any work."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name inside it")
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{option} {path}: {parent} is a file, not a folder")
+        if parent.exists():
+            break
+    return p
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -22,9 +22,16 @@ def _heatmap(a) -> int:
     return 0
 
 
+def _check_labels(a) -> None:
+    if a.labels is not None and len(a.labels) != len(a.runs):
+        from ..errors import UserError
+        raise UserError(f"--labels: {len(a.labels)} labels for {len(a.runs)} runs; give one label per run")
+
+
 def _tsne(a) -> int:
     from .common import load_run
     from .figures import tsne
+    _check_labels(a)
     runs = [load_run(r, a.overrides) for r in a.runs]
     r = tsne(runs, a.labels, a.ids, stage1=not a.no_stage1, seed=a.seed, out=Path(a.out) if a.out else None)
     print(f"wrote {r['png']} ({', '.join(r['panels'])})")
@@ -42,6 +49,7 @@ def _efficiency(a) -> int:
 
 def _ablation(a) -> int:
     from .figures import ablation_plot
+    _check_labels(a)
     r = ablation_plot(a.runs, Path(a.out), a.labels)
     print(f"wrote {r['png']}" + (f" and {r['grid_png']}" if "grid_png" in r else ""))
     return 0

@@ -41,7 +41,11 @@ class LoadedRun:
         from ..engine.distributed import DistContext
         from ..engine.evaluation import test_features
         from ..io_utils import atomic_write
-        cache = self.out_dir("cache") / f"{self.ckpt.stem}_test_features.safetensors"
+        from ..deploy.backend import file_hash
+        # keyed by the checkpoint's content (and the test split), not its name: a resumed run's new model_best
+        # never meets the old one's features
+        key = file_hash(self.ckpt)[:16]
+        cache = self.out_dir("cache") / f"{self.ckpt.stem}-{key}-{len(self.ds.test)}_test_features.safetensors"
         if cache.exists():
             f = load_file(str(cache))["feats"]
             if len(f) == len(self.ds.test):

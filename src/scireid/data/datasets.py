@@ -35,7 +35,12 @@ def build_dataset(name: str, root: str | Path, **kwargs) -> ReIDDataset:
     """Parse dataset ``name`` under ``root``; kwargs go to the parser (e.g. PRCC single-shot)."""
     if name not in _REGISTRY:
         raise DatasetError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
-    ds = _REGISTRY[name](Path(root).expanduser(), **kwargs)
+    root_p = Path(root).expanduser()
+    from .synthetic import INCOMPLETE
+    if (root_p / INCOMPLETE).exists() or root_p.name.endswith(".partial"):
+        raise DatasetError(f"{root}: an unfinished 'scireid synth' output (it was stopped while writing); delete it and "
+                           f"run scireid synth again")
+    ds = _REGISTRY[name](root_p, **kwargs)
     if ds.bad_names and not kwargs.get("lenient", False):
         path, why = ds.bad_names[0]
         raise DatasetError(

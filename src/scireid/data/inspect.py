@@ -78,7 +78,8 @@ def check_dataset(ds: ReIDDataset, progress: bool = False) -> list[tuple[str, st
     import sys
 
     bad = list(ds.bad_names)
-    recs = ds.train + ds.test
+    val = ds.validation()
+    recs = ds.train + ds.test + (val.test if val is not None else [])  # the validation split is read back too
     for r in tqdm(recs, desc="checking", disable=not (progress and sys.stderr.isatty())):
         why = check_image(r.path)
         if why:

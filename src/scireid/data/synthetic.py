@@ -84,6 +84,9 @@ def _rand_camera(rng) -> Camera:
                   float(rng.uniform(0.0, 1.2)), float(rng.uniform(2, 10)))
 
 
+# written first into a folder being generated, removed last: a dataset loader refuses a folder that still has it
+INCOMPLETE = ".scireid-incomplete"
+
 # part labels of the mask ``render`` can return: what the cross-attention check scores against
 BACKGROUND, TRAIT, GARMENT = 0, 1, 2
 
@@ -326,7 +329,10 @@ def generate_complete(out: str | Path, ids: int = 120, seed: int = 0, val_ids: i
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
+        tmp.mkdir(parents=True)
+        (tmp / INCOMPLETE).write_text("scireid synth was writing this folder\n")
         generate(tmp, ids=ids, seed=seed, progress=True, val_ids=val_ids, test_ids=test_ids)
+        (tmp / INCOMPLETE).unlink()
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DatasetError(f"{out}: could not write the synthetic set ({e.strerror or e}); nothing was left behind") from None

@@ -153,4 +153,10 @@ def embed_arrays(backend, batch: Sequence[np.ndarray], flip: bool = False) -> np
     if flip:
         f = f + backend(np.ascontiguousarray(x[..., ::-1]))
         f /= np.linalg.norm(f, axis=1, keepdims=True) + 1e-12
-    return f.astype(np.float32)
+    f = np.asarray(f, dtype=np.float32)
+    bad = ~np.isfinite(f).all(axis=1)
+    if bad.any():  # a diverged run: never write (or search with) NaN features
+        from ..errors import UserError
+        raise UserError(f"the model {getattr(backend, 'source', '')} gives non-finite features for {int(bad.sum())} of "
+                        f"{len(f)} images (its weights hold NaN or inf: did training diverge?); nothing was written")
+    return f

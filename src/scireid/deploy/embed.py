@@ -99,6 +99,9 @@ def embed(model: str | Path, items: list[Item], out: str | Path, batch: int = 32
         raise UserError(f"--out {out}: {npy} is a folder; give a file name such as feats.npy")
     be = backend or open_backend(model, device)
     key = job_key(items, be.fingerprint, flip, chunk)
+    from ..io_utils import clean_dead_temps
+    for target in (npy, side):  # writes a kill interrupted; the files they would have replaced are intact
+        clean_dead_temps(target)
     for old_done in parts.parent.glob(f".{parts.name}.done-*"):  # a finished job's cleanup that was killed
         shutil.rmtree(old_done, ignore_errors=True)
     parts.mkdir(parents=True, exist_ok=True)
@@ -166,6 +169,15 @@ def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str,
     """One memory-mapped pass from the chunk files into FEATS.npy, then the sidecar, then clean up."""
     metas = [json.loads((parts / f"part_{c:06d}.json").read_text()) for c in range(n_chunks)]
     n = sum(len(m["rows"]) for m in metas)
+    if n == 0:  # nothing to do is an error, and no empty feature file is left to mistake for a result
+        skipped = [s for m in metas for s in m["skipped"]]
+        gone = parts.with_name(f".{parts.name}.done-{uuid.uuid4().hex[:8]}")
+        parts.rename(gone)
+        shutil.rmtree(gone, ignore_errors=True)
+        first = f" (first: {skipped[0]['path']}: {skipped[0]['error']})" if skipped else ""
+        raise UserError(f"none of the {len(skipped)} input images could be read{first}; nothing was written")
+
+    digest = hashlib.sha256()
 
     def write(tmp: str) -> None:
         # plain writes, not a memory map: a full disk is then an ENOSPC error we report, not a SIGBUS
@@ -175,10 +187,14 @@ def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str,
             for c in range(n_chunks):
                 f = np.load(parts / f"part_{c:06d}.npy", mmap_mode="r")
                 fh.write(np.ascontiguousarray(f, dtype=np.float32).tobytes())
+        digest.update(Path(tmp).read_bytes() if Path(tmp).stat().st_size < (1 << 28) else _file_digest(tmp))
     atomic_write(npy, write)
     skipped = [s for m in metas for s in m["skipped"]]
+    # the sidecar names the feature file's checksum: a pair left by two different jobs (one stopped between its two
+    # renames) is refused when read, never mixed
     summary = {"model": model, "fingerprint": be.fingerprint, "preprocess": be.pre.describe(), "dim": be.dim,
-               "flip": flip, "count": n, "skipped": skipped, "rows": [r for m in metas for r in m["rows"]]}
+               "flip": flip, "count": n, "skipped": skipped, "rows": [r for m in metas for r in m["rows"]],
+               "npy_sha256": digest.hexdigest()}
     atomic_write_json(side, summary)
     gone = parts.with_name(f".{parts.name}.done-{uuid.uuid4().hex[:8]}")
     parts.rename(gone)  # one rename: a kill during the removal below leaves no parts folder to mistake for a job
@@ -187,8 +203,35 @@ def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str,
     return summary
 
 
-def load_features(path: str | Path, mmap: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+def _file_digest(path: str | Path) -> bytes:
+    """The sha256 of a big file as bytes to feed another hash (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.digest()
+
+
+def _npy_sha256(path: Path) -> str:
+    size = path.stat().st_size
+    return hashlib.sha256(path.read_bytes() if size < (1 << 28) else _file_digest(path)).hexdigest()
+
+
+def load_features(path: str | Path, mmap: bool = True, verify: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """FEATS.npy (memory-mapped) and its FEATS.json; with ``verify`` the pair is checked to be one job's."""
+    from ..io_utils import read_json
     npy, side, _ = feats_paths(path)
     if not npy.is_file() or not side.is_file():
         raise UserError(f"{path}: expected {npy} and {side} written by scireid embed")
-    return np.load(npy, mmap_mode="r" if mmap else None), json.loads(side.read_text())
+    meta = read_json(side, "re-run the embed command that wrote it")
+    if verify and meta.get("npy_sha256") and _npy_sha256(npy) != meta["npy_sha256"]:
+        raise UserError(f"{npy} does not belong to {side} (a job was stopped between writing the two, or a file was "
+                        f"changed); re-run the embed command")
+    try:
+        feats = np.load(npy, mmap_mode="r" if mmap else None)
+    except ValueError as e:
+        raise UserError(f"{npy}: not a feature file ({e})") from None
+    if feats.ndim != 2 or len(feats) != len(meta.get("rows", [])):
+        raise UserError(f"{npy}: holds {feats.shape} but {side} lists {len(meta.get('rows', []))} rows; re-run the "
+                        f"embed command")
+    return feats, meta

@@ -27,6 +27,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # what a consumer feeds, by name: BoxMOT normalises every crop with ImageNet mean/std (its base_backend.py) after
 # resizing it with OpenCV INTER_LINEAR to the graph's input size (its core/preprocessing.py)
 CONSUMERS = {"boxmot": {"input_norm": "imagenet", "consumer_resize": "opencv"}}
+# opsets the test-time graph exports at: 14 brings the operators it uses; 20 is the newest the TorchScript exporter writes
+OPSETS = range(14, 21)
 
 
 # the exact preprocessing, written into the metadata for readers who never import scireid (README: ONNX contract)
@@ -115,8 +117,9 @@ def export_onnx(run: str | Path, out: str | Path, opset: int = 17, dynamic_batch
     if input_size is None and consumer_resize == "opencv":  # the fitted shrink needs room (consumer_input_size)
         input_size = consumer_input_size(pre.height, pre.width)
     in_h, in_w = input_size or (pre.height, pre.width)
-    if in_h < 1 or in_w < 1:
-        raise UserError(f"--input-size {in_h}x{in_w}: expected positive sizes")
+    if in_h < pre.height or in_w < pre.width or max(in_h, in_w) > 4096:
+        raise UserError(f"--input-size {in_h}x{in_w}: expected at least the model's {pre.height}x{pre.width} (the graph "
+                        f"shrinks its input to that) and at most 4096")
     resized = (in_h, in_w) != (pre.height, pre.width)
     if consumer_resize == "opencv" and (in_h < pre.height or in_w < pre.width):
         raise UserError(f"--input-size {in_h}x{in_w}: a graph that undoes OpenCV's resize takes at least the model's "

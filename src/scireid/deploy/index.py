@@ -144,7 +144,7 @@ class Index:
         """The index's parameters without the tuning measurements."""
         return {k: v for k, v in self.params.items()
                 if k not in ("recall@10_vs_exact", "target_recall", "tuning", "calibration", "recall_measured_at_rows",
-                             "scores")}
+                             "scores", "jobs")}
 
     @classmethod
     def build(cls, feats: np.ndarray, rows: list[dict], fingerprint: str, kind: str = "exact", model: str = "",
@@ -241,6 +241,7 @@ class Index:
         are dropped, as the ReID protocols do.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        topk = max(1, min(int(topk), len(self)))  # more results than rows cannot exist; never allocate for them
         if exclude_camids is None:
             return self._search(q, min(topk, max(len(self), 1)))
         scores = np.full((len(q), topk), -np.inf, np.float32)
@@ -302,14 +303,19 @@ class Index:
                 self.cal.save(tmp / "calibration.npz")
                 names.append("calibration.npz")
             files = {n: file_hash(tmp / n, 64) for n in names}
-            atomic_write_json(tmp / "index.json", {"kind": self.kind, "dim": self.dim, "fingerprint": self.fingerprint,
-                                                   "count": len(self), "params": self.params, "model": self.model,
-                                                   "sha256": files})
+            meta = {"kind": self.kind, "dim": self.dim, "fingerprint": self.fingerprint, "count": len(self),
+                    "params": self.params, "model": self.model, "sha256": files}
+            atomic_write_json(tmp / "index.json", meta | {"meta_sha256": _meta_sha256(meta)})
             n = 1 + max([int(p.name[1:]) for p in folder.glob("v[0-9]*") if p.name[1:].isdigit()] or [0])
             version = folder / f"v{n}"
             os.replace(tmp, version)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, (OSError, RuntimeError, sqlite3.Error)) and any(
+                    k in str(e) for k in ("No space", "Errno 28", "fwrite", "disk is full", "requested and")):
+                from ..io_utils import DiskFull
+                raise DiskFull(f"no space left on the device writing the index {folder}; the index as it was before "
+                               f"is intact") from None
             raise
         atomic_write_text(folder / "CURRENT", version.name + "\n")  # the switch
         for p in folder.iterdir():  # older versions, earlier crashes' leftovers, the pre-version layout
@@ -338,8 +344,14 @@ class Index:
         try:
             meta = json.loads((files / "index.json").read_text())
             kind, dim, fp = meta["kind"], int(meta["dim"]), meta["fingerprint"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
             raise UserError(f"{files / 'index.json'}: corrupt ({type(e).__name__}: {e}); rebuild the index") from None
+        if verify and "meta_sha256" in meta and meta["meta_sha256"] != _meta_sha256(
+                {k: v for k, v in meta.items() if k != "meta_sha256"}):
+            raise UserError(f"{files / 'index.json'}: does not match the checksum recorded when the index was written "
+                            f"(edited or corrupted); rebuild the index")
+        if kind not in KINDS:
+            raise UserError(f"{files / 'index.json'}: kind {kind!r} is not one of {', '.join(KINDS)}")
         for name, want in (meta.get("sha256") or {}).items():
             if verify and file_hash(files / name, 64) != want:
                 raise UserError(f"{files / name}: does not match the checksum recorded when the index was written "
@@ -359,6 +371,8 @@ class Index:
             raise UserError(f"{files / 'rows.sqlite'}: unreadable ({e}); rebuild the index") from None
         if len(rows) != idx.ntotal:
             raise UserError(f"{folder}: index.faiss holds {idx.ntotal} vectors but rows.sqlite {len(rows)} rows")
+        if meta.get("count") is not None and meta["count"] != idx.ntotal:
+            raise UserError(f"{files / 'index.json'}: says {meta['count']} rows but index.faiss holds {idx.ntotal}")
         if idx.d != dim:
             raise UserError(f"{files / 'index.json'}: says dim {dim} but index.faiss holds {idx.d}-d vectors")
         params = meta.get("params", {})
@@ -368,6 +382,29 @@ class Index:
         if (files / "calibration.npz").is_file():
             out.cal = Calibration.load(files / "calibration.npz")
         return out
+
+
+def clean_index_leftovers(folder: str | Path, unswitched: bool = False) -> list[Path]:
+    """Under the index's lock: remove what a killed writer left inside the folder (its embedding folder, a version
+    folder it never switched to, a half-written CURRENT). The current version is never touched. ``unswitched``
+    (a build, where no CURRENT exists yet): complete version folders of a build killed before its switch too."""
+    import shutil
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        ours = unswitched and not (folder / "CURRENT").exists() and p.is_dir() and p.name[:1] == "v" and \
+            p.name[1:].isdigit() and (p / "index.json").is_file()
+        if ours or p.name.startswith((".embed.", ".v.", ".CURRENT.")) and p.name.endswith(".tmp"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _meta_sha256(meta: dict[str, Any]) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def _current_version(folder: Path) -> str | None:

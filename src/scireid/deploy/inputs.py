@@ -43,10 +43,31 @@ class Item:
 
 
 def _int(value: str, where: str) -> int:
+    """An integer label (-1 when empty); a float that is not a whole finite number in int64's range is refused."""
+    if value in ("", None):
+        return -1
     try:
-        return int(float(value)) if value not in ("", None) else -1
+        x = float(value)
     except ValueError:
         raise InputError(f"{where}: expected an integer, got {value!r}") from None
+    if not math.isfinite(x) or x != int(x) or abs(x) >= 2 ** 63:
+        raise InputError(f"{where}: expected an integer, got {value!r}")
+    return int(x)
+
+
+def read_text(p: Path) -> str:
+    """A text file we read lists from: UTF-8, no NUL bytes (a binary file named as a list), else one line."""
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InputError(f"{p}: cannot read ({e.strerror})") from None
+    if b"\0" in data:
+        raise InputError(f"{p}: a binary file, not a text list of image paths, CSV manifest or MOT detections")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise InputError(f"{p} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
 
 
 def read_folder(d: Path) -> list[Item]:
@@ -69,7 +90,8 @@ def with_name_labels(items: list[Item], where: str) -> list[Item]:
 
 
 def read_manifest(p: Path) -> list[Item]:
-    with open(p, newline="") as f:
+    import io
+    with io.StringIO(read_text(p), newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise InputError(f"{p}: a CSV manifest needs a 'path' column (optional: pid, camid, clothes_id, timestamp); "
@@ -88,8 +110,8 @@ def read_manifest(p: Path) -> list[Item]:
 
 
 def _is_mot(p: Path) -> bool:
-    with open(p) as f:
-        first = f.readline().strip()
+    lines = read_text(p).splitlines()
+    first = lines[0].strip() if lines else ""
     parts = first.split(",")
     if len(parts) < 6:
         return False
@@ -110,24 +132,23 @@ def read_mot(det: Path, frames: Path | None = None, camid: int = -1) -> list[Ite
         if p.suffix.lower() in IMAGE_EXTS and p.stem.isdigit():
             by_frame[int(p.stem)] = p
     items = []
-    with open(det) as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            parts = line.strip().split(",")
-            if len(parts) < 6:
-                raise InputError(f"{det} line {i}: expected frame,id,x,y,w,h,..., got {line.strip()!r}")
-            try:
-                frame, tid, x, y, w, h = (float(v) for v in parts[:6])
-            except ValueError:
-                raise InputError(f"{det} line {i}: expected numbers in frame,id,x,y,w,h, got {line.strip()!r}") from None
-            if not all(math.isfinite(v) for v in (frame, tid, x, y, w, h)):
-                raise InputError(f"{det} line {i}: expected finite numbers in frame,id,x,y,w,h, got {line.strip()!r}")
-            if int(frame) not in by_frame:
-                raise InputError(f"{det} line {i}: frame {int(frame)} has no image in {frames}")
-            # a box with w <= 0 or h <= 0 is kept: embed lists it as skipped, with its reason
-            items.append(Item(str(by_frame[int(frame)]), (int(round(x)), int(round(y)), int(round(w)), int(round(h))),
-                              int(tid), camid, -1, str(int(frame))))
+    for i, line in enumerate(read_text(det).splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(",")
+        if len(parts) < 6:
+            raise InputError(f"{det} line {i}: expected frame,id,x,y,w,h,..., got {line.strip()!r}")
+        try:
+            frame, tid, x, y, w, h = (float(v) for v in parts[:6])
+        except ValueError:
+            raise InputError(f"{det} line {i}: expected numbers in frame,id,x,y,w,h, got {line.strip()!r}") from None
+        if not all(math.isfinite(v) for v in (frame, tid, x, y, w, h)):
+            raise InputError(f"{det} line {i}: expected finite numbers in frame,id,x,y,w,h, got {line.strip()!r}")
+        if int(frame) not in by_frame:
+            raise InputError(f"{det} line {i}: frame {int(frame)} has no image in {frames}")
+        # a box with w <= 0 or h <= 0 is kept: embed lists it as skipped, with its reason
+        items.append(Item(str(by_frame[int(frame)]), (int(round(x)), int(round(y)), int(round(w)), int(round(h))),
+                          int(tid), camid, -1, str(int(frame))))
     if not items:
         raise InputError(f"{det}: no detections")
     return items
@@ -150,7 +171,7 @@ def read_input(spec: str | Path, frames: str | Path | None = None) -> list[Item]
     if _is_mot(p):
         return read_mot(p, Path(frames) if frames else None)
     items = []
-    for i, line in enumerate(p.read_text().splitlines(), start=1):
+    for i, line in enumerate(read_text(p).splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -37,7 +37,15 @@ def save_weights(path: str | Path, model: torch.nn.Module, meta: dict[str, Any])
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     md = {k: json.dumps(v) for k, v in meta.items()}
     md["tensor_sha256"] = json.dumps(tensors_sha256(sd))
+    md["meta_sha256"] = json.dumps(_meta_sha256(md))
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=md))
+
+
+def _meta_sha256(md: dict[str, str]) -> str:
+    """A hash of the header's metadata (config, preprocessing, tensor checksum): an edited header is refused."""
+    import hashlib
+    body = json.dumps({k: v for k, v in md.items() if k != "meta_sha256"}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -49,7 +57,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             md = f.metadata() or {}
     except Exception as e:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({e})") from None
-    return {k: json.loads(v) for k, v in md.items()}
+    if "meta_sha256" in md and json.loads(md["meta_sha256"]) != _meta_sha256(md):
+        raise CheckpointError(f"{path}: its header metadata does not match the checksum recorded when the file was "
+                              f"written (edited or corrupted); use another checkpoint of the run")
+    try:
+        return {k: json.loads(v) for k, v in md.items()}
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: its header metadata is not scireid's (not JSON values)") from None
 
 
 def load_weights(path: str | Path, model: torch.nn.Module, strict: bool = True) -> dict[str, Any]:

@@ -171,14 +171,17 @@ class Engine:
             self._save(task, epoch + 1, 0, scaler, pending=record)
         extra = task.end_epoch(epoch)
         record.update(extra)
+        if self.ctx.is_main:
+            # the row first: while the checkpoint is still marked pending, a kill at any point from here on makes
+            # the resume redo this end of epoch and rewrite the same row, so the row can never be lost
+            log.info("%s epoch %d/%d: %s", task.name, epoch + 1, task.epochs,
+                     ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
+            write_metrics_row(self.run_dir / "metrics.jsonl", record)
         if save_now and "eval" in extra:
             # evaluated: clear the pending mark, so the best-epoch record survives a resume. (An epoch without
             # evaluation stays marked; a resume repeats its cheap end-of-epoch work and rewrites the same row.)
             self._save(task, epoch + 1, 0, scaler)
         if self.ctx.is_main:
-            log.info("%s epoch %d/%d: %s", task.name, epoch + 1, task.epochs,
-                     ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float) and k != "seconds"))
-            write_metrics_row(self.run_dir / "metrics.jsonl", record)
             if self.tb is not None:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k not in ("epoch",):

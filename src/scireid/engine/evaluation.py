@@ -43,6 +43,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if p.is_dir():
         for name in ("model_best.safetensors", "model_last.safetensors", "stage1.safetensors"):
             if (p / name).is_file():
+                if not (p / "model_last.safetensors").is_file():  # never silently: say what an unfinished run gives
+                    from .checkpoint import read_meta
+                    ep = read_meta(p / name).get("epoch")
+                    log.warning("%s is unfinished (stage 2 did not complete): using %s%s", p, name,
+                                f" (stage-2 epoch {ep})" if ep and name != "stage1.safetensors" else
+                                " (stage 1 only: no stage-2 training)" if name == "stage1.safetensors" else "")
                 return p / name
         raise CheckpointError(f"{p}: no model_best/model_last/stage1 .safetensors in this run directory")
     if not p.is_file():
@@ -61,6 +67,8 @@ def evaluate_run(run_or_ckpt: str | Path, overrides: list[str] | tuple[str, ...]
     if "config" not in meta or "spec" not in meta:
         raise CheckpointError(f"{ckpt}: checkpoint carries no config/spec metadata (not written by scireid)")
     cfg = apply_overrides(config_from_dict(meta["config"]), list(overrides))
+    from ..config import validate_config
+    validate_config(cfg, weights=False)
     from ..models.sci import spec_from_meta
     spec = spec_from_meta(meta, ckpt)
     if (cfg.data.height, cfg.data.width) != (spec.height, spec.width):

@@ -22,7 +22,9 @@ def check_out_dir(out: str | Path, marker: str | tuple[str, ...] = ("config.yaml
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
     if out.is_dir():
-        entries = [p.name for p in out.iterdir() if p.name != LOCK_NAME]
+        # our own lock and the temporary entries a killed writer of ours leaves (cleaned at its next start)
+        entries = [p.name for p in out.iterdir() if p.name != LOCK_NAME and not (p.name.startswith(".") and
+                                                                                 p.name.endswith(".tmp"))]
         if entries and not any((out / m).exists() for m in markers):
             raise ConfigError(f"--out {out}: the folder holds files that are not a scireid run ({', '.join(sorted(entries)[:3])}"
                               f"{', ...' if len(entries) > 3 else ''}); choose an empty or new folder")
@@ -39,6 +41,7 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
+        self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -52,8 +55,16 @@ class RunLock:
         self.fd = fd
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.fd is not None:
+            folder = self.path.parent
+            # a command refused or failed before writing anything leaves no folder behind that holds only our lock
+            if exc_type is not None and self.created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                self.path.unlink(missing_ok=True)
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
             os.close(self.fd)
             self.fd = None
 
