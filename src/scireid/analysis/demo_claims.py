@@ -195,6 +195,8 @@ def _ci_verdict(ci: dict[str, Any] | None, sign: int, against: str = "") -> str:
     if not ci:
         return "not measured"
     where = f" {against}" if against else ""
+    if ci.get("seeds") == 1:  # identities resampled, but no seed-to-seed spread to go by
+        where += " (one seed)"
     if excludes_zero(ci):
         ok = (ci["mean"] > 0) == (sign > 0)
         return ("supported" if ok else "contradicted") + f"{where}: {ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
