@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+from .cli_checks import NUMERIC_OPTIONS, OneLineParser, check_numbers, check_output_paths  # noqa: F401 (NUMERIC_OPTIONS: re-exported)
 from .errors import UserError
 
 log = logging.getLogger("scireid")
@@ -311,10 +312,10 @@ def _cmd_index_add(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="scireid", description="SCI / CLIP-ReID for cloth-changing person re-identification")
+    p = OneLineParser(prog="scireid", description="SCI / CLIP-ReID for cloth-changing person re-identification")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected error")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
 
     d = sub.add_parser("demo", help="generate synthetic data, train baseline and SCI, write a report")
     d.add_argument("--out", default="scireid_demo")
@@ -455,49 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Every numeric option of every subcommand and its allowed range, checked before any work (a test walks the
-# parser and fails on a numeric option missing here). Huge values are refused too: a --topk of 10^12 or 10^9
-# images is a typo, not a job.
-NUMERIC_OPTIONS: dict[str, tuple[float, float]] = {
-    "topk": (1, 100_000), "queries": (1, 100_000), "batch": (1, 65_536), "chunk": (1, 10_000_000),
-    "workers": (0, 256), "ids": (1, 1_000_000), "jobs": (0, 256), "test_ids": (1, 1_000_000),
-    "val_ids": (0, 1_000_000), "seed": (0, 2 ** 32 - 1), "images": (1, 100_000_000), "epochs": (1, 100_000),
-    "recall": (0.01, 1.0), "opset": (1, 100), "static_batch": (1, 65_536),
-}
-
-
-def _check_counts(args) -> None:
-    """Every numeric option (NUMERIC_OPTIONS): finite and within its range, checked before any work."""
-    import math
-
-    from .errors import ConfigError
-    for name, (low, high) in NUMERIC_OPTIONS.items():
-        v = getattr(args, name, None)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if not math.isfinite(v) or not low <= v <= high:
-                kind = "an integer" if isinstance(v, int) else "a number"
-                raise ConfigError(f"--{name.replace('_', '-')} {v}: expected {kind} in [{low}, {high}]")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse's own errors (a wrong type, an unknown choice) as one line, like every other scireid error."""
-
-    def error(self, message: str):  # noqa: D401
-        self.exit(2, f"scireid {self.prog.split(' ', 1)[1] if ' ' in self.prog else ''}: error: {message}\n"
-                  .replace("scireid : ", "scireid: "))
-
-
-def _check_output_paths(args) -> None:
-    """Files a command will write (--out of embed / export, --html of search): a file path whose folder exists or
-    can be made, never a folder itself and never below a file."""
-    from .io_utils import check_output_file
-    for attr, flag in (("html", "--html"),):
-        if getattr(args, attr, None):
-            check_output_file(getattr(args, attr), flag)
-    if args.cmd in ("embed", "export") and getattr(args, "out", None):
-        check_output_file(args.out, "--out")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -515,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import UserError
 
     try:
-        _check_counts(args)
-        _check_output_paths(args)
+        check_numbers(args)
+        check_output_paths(args)
         return args.fn(args)
     except (UserError, ImageReadError, FileNotFoundError) as e:
         print(f"scireid: error: {e}", file=sys.stderr)

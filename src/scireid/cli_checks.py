@@ -1,0 +1,47 @@
+"""What every command line is checked against before any work: numeric ranges, output paths, one-line errors."""
+from __future__ import annotations
+
+import argparse
+
+
+# Every numeric option of every subcommand and its allowed range, checked before any work (a test walks the
+# parser and fails on a numeric option missing here). Huge values are refused too: a --topk of 10^12 or 10^9
+# images is a typo, not a job.
+NUMERIC_OPTIONS: dict[str, tuple[float, float]] = {
+    "topk": (1, 100_000), "queries": (1, 100_000), "batch": (1, 65_536), "chunk": (1, 10_000_000),
+    "workers": (0, 256), "ids": (1, 1_000_000), "jobs": (0, 256), "test_ids": (1, 1_000_000),
+    "val_ids": (0, 1_000_000), "seed": (0, 2 ** 32 - 1), "images": (1, 100_000_000), "epochs": (1, 100_000),
+    "recall": (0.01, 1.0), "opset": (1, 100), "static_batch": (1, 65_536),
+}
+
+
+def check_numbers(args) -> None:
+    """Every numeric option (NUMERIC_OPTIONS): finite and within its range, checked before any work."""
+    import math
+
+    from .errors import ConfigError
+    for name, (low, high) in NUMERIC_OPTIONS.items():
+        v = getattr(args, name, None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not math.isfinite(v) or not low <= v <= high:
+                kind = "an integer" if isinstance(v, int) else "a number"
+                raise ConfigError(f"--{name.replace('_', '-')} {v}: expected {kind} in [{low}, {high}]")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a wrong type, an unknown choice) as one line, like every other scireid error."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"scireid {self.prog.split(' ', 1)[1] if ' ' in self.prog else ''}: error: {message}\n"
+                  .replace("scireid : ", "scireid: "))
+
+
+def check_output_paths(args) -> None:
+    """Files a command will write (--out of embed / export, --html of search): a file path whose folder exists or
+    can be made, never a folder itself and never below a file."""
+    from .io_utils import check_output_file
+    for attr, flag in (("html", "--html"),):
+        if getattr(args, attr, None):
+            check_output_file(getattr(args, attr), flag)
+    if args.cmd in ("embed", "export") and getattr(args, "out", None):
+        check_output_file(args.out, "--out")
