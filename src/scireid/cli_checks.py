@@ -32,8 +32,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse's own errors (a wrong type, an unknown choice) as one line, like every other scireid error."""
 
     def error(self, message: str):  # noqa: D401
-        self.exit(2, f"scireid {self.prog.split(' ', 1)[1] if ' ' in self.prog else ''}: error: {message}\n"
-                  .replace("scireid : ", "scireid: "))
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def check_output_paths(args) -> None:

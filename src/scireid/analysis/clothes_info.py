@@ -66,7 +66,7 @@ def outfit_probe(feats: np.ndarray, pids: np.ndarray, cams: np.ndarray, clothes:
     for n, p in enumerate(pids.tolist()):
         if p in by_pid:
             own[n, :len(by_pid[p])] = by_pid[p]
-    x = torch.as_tensor(F.normalize(torch.as_tensor(np.asarray(feats, np.float64)), dim=1))
+    x = F.normalize(torch.as_tensor(np.asarray(feats, np.float64)), dim=1)
     own_t = torch.as_tensor(own)
     target = torch.as_tensor([(own[n] == cls_of.get((p, c), -2)).argmax() for n, (p, c) in
                               enumerate(zip(pids.tolist(), clothes.tolist()))])

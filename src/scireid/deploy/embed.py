@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..io_utils import atomic_write, atomic_write_json
-from .backend import embed_arrays, open_backend
+from .backend import embed_arrays, file_hash, open_backend
 from .inputs import Item
 
 log = logging.getLogger("scireid")
@@ -177,8 +177,6 @@ def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str,
         first = f" (first: {skipped[0]['path']}: {skipped[0]['error']})" if skipped else ""
         raise UserError(f"none of the {len(skipped)} input images could be read{first}; nothing was written")
 
-    digest = hashlib.sha256()
-
     def write(tmp: str) -> None:
         # plain writes, not a memory map: a full disk is then an ENOSPC error we report, not a SIGBUS
         with open(tmp, "wb") as fh:
@@ -187,34 +185,19 @@ def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str,
             for c in range(n_chunks):
                 f = np.load(parts / f"part_{c:06d}.npy", mmap_mode="r")
                 fh.write(np.ascontiguousarray(f, dtype=np.float32).tobytes())
-        digest.update(Path(tmp).read_bytes() if Path(tmp).stat().st_size < (1 << 28) else _file_digest(tmp))
     atomic_write(npy, write)
     skipped = [s for m in metas for s in m["skipped"]]
     # the sidecar names the feature file's checksum: a pair left by two different jobs (one stopped between its two
     # renames) is refused when read, never mixed
     summary = {"model": model, "fingerprint": be.fingerprint, "preprocess": be.pre.describe(), "dim": be.dim,
                "flip": flip, "count": n, "skipped": skipped, "rows": [r for m in metas for r in m["rows"]],
-               "npy_sha256": digest.hexdigest()}
+               "npy_sha256": file_hash(npy, 64)}
     atomic_write_json(side, summary)
     gone = parts.with_name(f".{parts.name}.done-{uuid.uuid4().hex[:8]}")
     parts.rename(gone)  # one rename: a kill during the removal below leaves no parts folder to mistake for a job
     shutil.rmtree(gone, ignore_errors=True)
     log.info("embedded %d images into %s (%d skipped)", n, npy, len(skipped))
     return summary
-
-
-def _file_digest(path: str | Path) -> bytes:
-    """The sha256 of a big file as bytes to feed another hash (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.digest()
-
-
-def _npy_sha256(path: Path) -> str:
-    size = path.stat().st_size
-    return hashlib.sha256(path.read_bytes() if size < (1 << 28) else _file_digest(path)).hexdigest()
 
 
 def load_features(path: str | Path, mmap: bool = True, verify: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
@@ -224,7 +207,7 @@ def load_features(path: str | Path, mmap: bool = True, verify: bool = True) -> t
     if not npy.is_file() or not side.is_file():
         raise UserError(f"{path}: expected {npy} and {side} written by scireid embed")
     meta = read_json(side, "re-run the embed command that wrote it")
-    if verify and meta.get("npy_sha256") and _npy_sha256(npy) != meta["npy_sha256"]:
+    if verify and meta.get("npy_sha256") and file_hash(npy, 64) != meta["npy_sha256"]:
         raise UserError(f"{npy} does not belong to {side} (a job was stopped between writing the two, or a file was "
                         f"changed); re-run the embed command")
     try:

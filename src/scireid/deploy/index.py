@@ -243,7 +243,7 @@ class Index:
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         topk = max(1, min(int(topk), len(self)))  # more results than rows cannot exist; never allocate for them
         if exclude_camids is None:
-            return self._search(q, min(topk, max(len(self), 1)))
+            return self._search(q, topk)
         scores = np.full((len(q), topk), -np.inf, np.float32)
         ids = np.full((len(q), topk), -1, np.int64)
         cams = np.array([r.get("camid", -1) for r in self.rows])
@@ -397,7 +397,10 @@ def clean_index_leftovers(folder: str | Path, unswitched: bool = False) -> list[
         ours = unswitched and not (folder / "CURRENT").exists() and p.is_dir() and p.name[:1] == "v" and \
             p.name[1:].isdigit() and (p / "index.json").is_file()
         if ours or p.name.startswith((".embed.", ".v.", ".CURRENT.")) and p.name.endswith(".tmp"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             removed.append(p)
     return removed
 
