@@ -199,6 +199,9 @@ def cmd_search(a) -> int:
     from .deploy.index import Index, results_table
     from .deploy.inputs import read_inputs
 
+    from .deploy.filters import RowFilter, parse_cameras
+    rf = RowFilter(parse_cameras(a.cameras) if a.cameras else None, a.after, a.before)
+    rf.check()  # before the model is loaded
     idx = Index.load(a.index)
     model = a.model or idx.model
     be = open_backend(model, a.device)
@@ -210,13 +213,14 @@ def cmd_search(a) -> int:
             raise UserError(f"--exclude-same-camera: no camera known for query {unknown[0]} ({len(unknown)} of "
                             f"{len(items)}); name files by a dataset scheme (e.g. LTCC <pid>_<clothes>_c<cam>_...) or "
                             f"give a CSV manifest with a camid column")
-        n_unknown = sum(1 for r in idx.rows if r.get("camid", -1) < 0)
-        if n_unknown == len(idx.rows):
+        live = [r for r in idx.rows if r is not None]
+        n_unknown = sum(1 for r in live if r.get("camid", -1) < 0)
+        if n_unknown == len(live):
             raise UserError(f"--exclude-same-camera: the index {a.index} knows no camera for any of its rows; rebuild "
                             f"it from files named by a dataset scheme or a CSV manifest with a camid column")
         if n_unknown:
             log.warning("--exclude-same-camera: %d of %d gallery rows have no camera and are always kept", n_unknown,
-                        len(idx.rows))
+                        len(live))
     arrays, kept = [], []
     for it in items:
         try:
@@ -228,7 +232,7 @@ def cmd_search(a) -> int:
         raise UserError("no readable query image")
     q = np.concatenate([embed_arrays(be, arrays[i:i + 64]) for i in range(0, len(arrays), 64)])
     cams = [it.camid for it in kept] if a.exclude_same_camera else None
-    scores, ids = idx.search(q, a.topk, exclude_camids=cams)
+    scores, ids = idx.search(q, a.topk, exclude_camids=cams, keep=rf.mask(idx.rows) if rf.active else None)
     res = results_table(idx, kept, scores, ids)
     if a.html:
         write_results_html(res, a.html, title=f"scireid search in {Path(a.index).name}")
@@ -301,6 +305,39 @@ def _deploy_args(p) -> None:
     p.add_argument("--workers", type=int, default=0, help="decoding processes")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--frames", help="frame folder for a MOT detection file (default: ../img1)")
+
+
+def cmd_index_remove(a) -> int:
+    """Under the index's lock, like add; the removal lands in one switch of the index's version."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .deploy.index import Index, clean_index_leftovers
+    from .engine.rundir import RunLock
+    out = Path(a.index)
+    if not Index.exists(out):
+        raise UserError(f"{out}: no index there to remove from")
+    paths = None
+    if a.paths:
+        from .deploy.inputs import read_text
+        paths = {ln.strip() for ln in read_text(Path(a.paths)).splitlines() if ln.strip()}
+        if not paths:
+            raise UserError(f"--paths {a.paths}: no paths in the file")
+    with RunLock(out):
+        clean_index_leftovers(out)
+        idx = Index.load(out)
+        hit = [i for i, r in enumerate(idx.rows) if r is not None and (
+            (a.pid is not None and r.get("pid", -1) == a.pid) or (paths is not None and r["path"] in paths))]
+        if not hit:
+            what = f"identity {a.pid}" if a.pid is not None else f"any path listed in {a.paths}"
+            raise UserError(f"{out}: no row of {what}; nothing removed")
+        n = idx.remove(np.array(hit))
+        idx.save(out)
+    rec = idx.params.get("recall@10_vs_exact")
+    print(f"{out}: removed {n} rows, {len(idx)} left" + (f"; recall@10 vs exact re-measured: {rec:.3f}"
+                                                          if rec is not None else ""))
+    return 0
 
 
 def _cmd_index_add(a) -> int:
@@ -414,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     _deploy_args(ia)
     ia.set_defaults(fn=_cmd_index_add)
 
+    ir = ix.add_parser("remove", help="remove an identity's rows, or listed images, from every part of the index")
+    ir.add_argument("index", metavar="INDEX")
+    who = ir.add_mutually_exclusive_group(required=True)
+    who.add_argument("--pid", type=int, help="every row of this identity")
+    who.add_argument("--paths", metavar="FILE", help="text file of image paths, one per line, as the index lists them")
+    ir.set_defaults(fn=cmd_index_remove)
+
     se = sub.add_parser("search", help="rank an index's gallery for each query image")
     se.add_argument("index", metavar="INDEX")
     se.add_argument("query", nargs="+", metavar="QUERY", help="images, folders, lists or a CSV manifest")
@@ -421,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true")
     se.add_argument("--html", metavar="OUT.html", help="write a self-contained results page")
     se.add_argument("--exclude-same-camera", action="store_true", help="drop results from the query's camera (needs camid)")
+    se.add_argument("--cameras", help="only rows from these cameras, e.g. 3,5,7-9")
+    se.add_argument("--after", help="only rows at or after this time (a number, or an ISO-8601 date-time)")
+    se.add_argument("--before", help="only rows at or before this time")
     se.add_argument("--model", help="RUN or .onnx to embed the queries (default: the index's)")
     se.add_argument("--device")
     se.add_argument("--frames", help=argparse.SUPPRESS)

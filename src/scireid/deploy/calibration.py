@@ -68,21 +68,23 @@ class Calibration:
 
     @property
     def truth(self) -> list[set]:
-        return [set(t.tolist()) for t in self.truth_i]
+        return [set(t[t >= 0].tolist()) for t in self.truth_i]
 
     def recall(self, index) -> float:
         """While tuning: the held-out rows are not in the index yet."""
         _, got = index.search(self.q, self.k)
-        found = [len(t & set(g[g >= 0].tolist())) for t, g in zip(self.truth, got)]
-        return float(sum(found) / (self.k * len(self.qi)))
+        truth = self.truth
+        found = [len(t & set(g[g >= 0].tolist())) for t, g in zip(truth, got)]
+        return float(sum(found) / max(1, sum(len(t) for t in truth)))
 
     def recall_in(self, index) -> float:
         """Once the held-out rows are in the index: search deeper and drop them."""
         held = set(self.qi.tolist())
         _, got = index.search(self.q, min(len(index), self.k + len(self.qi)))
+        truth = self.truth
         found = [len(t & set([j for j in g.tolist() if j >= 0 and j not in held][:self.k]))
-                 for t, g in zip(self.truth, got)]
-        return float(sum(found) / (self.k * len(self.qi)))
+                 for t, g in zip(truth, got)]
+        return float(sum(found) / max(1, sum(len(t) for t in truth)))
 
     def extend(self, feats: np.ndarray, first_id: int) -> None:
         """Exact top-k over the gallery with ``feats`` added as ids ``first_id...``: merge, no full rescan."""
@@ -91,6 +93,25 @@ class Calibration:
         i = np.concatenate([self.truth_i, ni + first_id], 1)
         top = np.argsort(-s, axis=1, kind="stable")[:, :self.k]
         self.truth_s, self.truth_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+
+    def drop(self, removed: np.ndarray, index) -> None:
+        """Rows removed from ``index``: queries among them go (their features are not kept), and the exact
+        top-k is recomputed over the rows left. ivf-pq keeps no exact vectors: its truth keeps the surviving
+        true neighbours, so its recall counts those found."""
+        gone = np.isin(self.qi, removed)
+        self.q, self.qi = self.q[~gone], self.qi[~gone]
+        self.truth_i, self.truth_s = self.truth_i[~gone], self.truth_s[~gone]
+        if len(self.qi) == 0:
+            raise UserError("every calibration query was removed; rebuild the index to measure its recall")
+        if index.kind == "ivf-pq":
+            out = np.isin(self.truth_i, removed)
+            self.truth_i = np.where(out, -1, self.truth_i)
+            self.truth_s = np.where(out, -np.inf, self.truth_s).astype(np.float32)
+            return
+        live = np.flatnonzero(index.live_mask())
+        gallery = np.setdiff1d(live, self.qi)
+        ti, ts = exact_topk(index.vectors(gallery), self.q, min(self.k, len(gallery)), scores=True)
+        self.truth_i, self.truth_s = gallery[ti], ts
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as f:

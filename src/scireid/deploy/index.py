@@ -30,12 +30,14 @@ import numpy as np
 from ..errors import UserError
 from ..io_utils import atomic_write_json, atomic_write_text
 from .backend import check_fingerprint, file_hash
-from .calibration import Calibration, exact_topk  # noqa: F401  (exact_topk: re-exported)
+from .calibration import Calibration, exact_topk
+from .filters import camera_groups
 from .inputs import Item
 
 log = logging.getLogger(__name__)
 KINDS = ("exact", "pca-flat", "ivf", "ivf-pq", "hnsw")
 COLUMNS = ("path", "box", "pid", "camid", "clothes_id", "timestamp")
+BRUTE_FORCE_ROWS = 50_000  # a filter keeping at most this many rows is searched exactly over them
 KNOB = {"pca-flat": "k_factor", "ivf": "nprobe", "ivf-pq": "nprobe", "hnsw": "efSearch"}
 
 
@@ -133,8 +135,9 @@ class Index:
     def __init__(self, faiss_index, kind: str, dim: int, fingerprint: str, rows: list[dict], params: dict[str, Any],
                  model: str = ""):
         self.index, self.kind, self.dim, self.fingerprint = faiss_index, kind, dim, fingerprint
-        self.rows, self.params, self.model = rows, params, model
-        self.cal: Calibration | None = None  # approximate kinds: the queries their recall is measured with
+        self.rows, self.params, self.model = rows, params, model  # rows[i] is None once row i is removed
+        self.cal: Calibration | None = None
+        self._pos: np.ndarray | None = None  # row id -> position in the stored vectors (ID-mapped kinds)  # approximate kinds: the queries their recall is measured with
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -215,8 +218,9 @@ class Index:
             raise UserError(f"features have shape {feats.shape}, the index holds {self.dim}-d vectors")
         if len(feats) != len(rows):
             raise UserError(f"{len(feats)} feature rows but {len(rows)} metadata rows")
-        first = len(self)
+        first = len(self.rows)  # ids are never reused: removed rows leave gaps
         self._insert(feats, np.arange(len(feats)), first)
+        self._pos = None
         self.rows.extend(rows)
         if self.cal is not None:  # the stored recall describes the index as it is now, not as it was built
             self.cal.extend(feats, first)
@@ -228,46 +232,153 @@ class Index:
         for s in range(0, len(which), chunk):
             part = which[s:s + chunk]
             x = np.ascontiguousarray(feats[part], dtype=np.float32)
-            if self.kind == "exact":  # always added whole and in order: ids are positions
+            if self.kind == "exact" and not self._has_idmap():  # added whole and in order: ids are positions
                 self.index.add(x)
             else:
                 self.index.add_with_ids(x, (part + first_id).astype(np.int64))
 
-    def search(self, queries: np.ndarray, topk: int = 10, exclude_camids: list[int] | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, row ids), best first; ids are -1 where fewer than ``topk`` results exist.
+    def search(self, queries: np.ndarray, topk: int = 10, exclude_camids: list[int] | None = None,
+               keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, row ids), best first; ids are -1 where fewer than ``topk`` rows pass.
 
-        With ``exclude_camids`` (one camera per query, -1 for none), results from the query's own camera
-        are dropped, as the ReID protocols do.
+        ``keep`` (a mask over row ids, see ``filters.RowFilter``) and ``exclude_camids`` (one camera per
+        query, -1 for none: that camera's rows are left out, as the ReID protocols do; rows without a camera
+        stay) are applied inside the search: the result is the top-k among the rows that pass. For ``exact``
+        it equals brute force over those rows; approximate kinds search them at their tuned setting and fall
+        back to brute force over the stored vectors when few rows pass.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        topk = max(1, min(int(topk), len(self)))  # more results than rows cannot exist; never allocate for them
-        if exclude_camids is None:
+        topk = max(1, min(int(topk), len(self) or 1))  # more results than rows cannot exist; never allocate for them
+        if keep is None and exclude_camids is None:
             return self._search(q, topk)
+        live = self.live_mask()
+        base = live if keep is None else live & np.asarray(keep, bool)[:len(live)]
+        cams = None
+        if exclude_camids is not None:
+            cams = np.array([-1 if r is None else r.get("camid", -1) for r in self.rows], np.int64)
         scores = np.full((len(q), topk), -np.inf, np.float32)
         ids = np.full((len(q), topk), -1, np.int64)
-        cams = np.array([r.get("camid", -1) for r in self.rows])
-        k = min(len(self), topk * 4)
-        todo = np.arange(len(q))
-        while len(todo):
-            s, i = self._search(q[todo], k)
-            left = []
-            for row, (qi, ss, ii) in enumerate(zip(todo, s, i)):
-                keep = (ii >= 0) & ((cams[np.maximum(ii, 0)] != exclude_camids[qi]) | (exclude_camids[qi] < 0))
-                ss, ii = ss[keep][:topk], ii[keep][:topk]
-                if len(ii) < topk and k < len(self):
-                    left.append(qi)
-                    continue
-                scores[qi, :len(ss)], ids[qi, :len(ii)] = ss, ii
-            todo = np.array(left, dtype=np.int64)
-            k = min(len(self), k * 4)
+        for cam, which in camera_groups(exclude_camids, len(q)).items():
+            mask = base if cam < 0 or cams is None else base & ((cams != cam) | (cams < 0))
+            s, i = self._search_masked(q[which], topk, mask)
+            scores[which, :s.shape[1]], ids[which, :i.shape[1]] = s, i
         return scores, ids
+
+    def _search_masked(self, q: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
+        n_pass = int(mask.sum())
+        if n_pass == 0:
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        k = min(k, n_pass)
+        if n_pass == len(self):
+            return self._search(q, k)
+        if self.kind == "exact":  # faiss skips the rows the selector refuses: exact over the passing rows
+            bits = np.packbits(mask, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+            return self.index.search(q, k, params=faiss.SearchParameters(sel=sel))
+        brute = np.flatnonzero(mask)
+        if n_pass > BRUTE_FORCE_ROWS:  # a broad filter: the tuned search, deeper until k rows pass
+            depth = min(len(self), 4 * k)
+            s, i = self._search(q, depth)
+            ok = (i >= 0) & mask[np.maximum(i, 0)]
+            if (ok.sum(1) >= k).all():
+                top = np.argsort(~ok, axis=1, kind="stable")[:, :k]
+                return np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+            log.info("filter keeps %d rows; the tuned search found fewer than %d of them, brute force over them",
+                     n_pass, k)
+        out_i, out_s = [], []
+        for s0 in range(0, len(brute), BRUTE_FORCE_ROWS):
+            part = brute[s0:s0 + BRUTE_FORCE_ROWS]
+            ti, ts = exact_topk(self.vectors(part), q, k, scores=True)
+            out_i.append(part[ti])
+            out_s.append(ts)
+        s, i = np.concatenate(out_s, 1), np.concatenate(out_i, 1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         scores, ids = self.index.search(q, k)
         if self.kind == "pca-flat":  # squared L2 between unit vectors -> cosine
             scores = np.where(ids >= 0, 1.0 - scores / 2.0, -np.inf).astype(np.float32)
         return scores, ids
+
+    # ------------------------------------------------------------------ stored vectors and removal
+    def live_mask(self) -> np.ndarray:
+        return np.array([r is not None for r in self.rows], bool)
+
+    def _has_idmap(self) -> bool:
+        faiss = _faiss()
+        return isinstance(self.index, (faiss.IndexIDMap, faiss.IndexIDMap2))
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of rows ``ids`` (float32): exact for exact / ivf / hnsw, fp16-rounded for
+        pca-flat's fp16 store, the decoded codes for ivf-pq."""
+        faiss = _faiss()
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        if self.kind in ("ivf", "ivf-pq"):
+            if self.index.direct_map.type == faiss.DirectMap.NoMap:
+                self.index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            return self.index.reconstruct_batch(ids)
+        if not self._has_idmap():  # a plain flat index: ids are positions
+            return self.index.reconstruct_batch(ids)
+        if self._pos is None:
+            stored = faiss.vector_to_array(self.index.id_map)
+            self._pos = np.full(len(self.rows), -1, np.int64)
+            self._pos[stored] = np.arange(len(stored))
+        inner = faiss.downcast_index(self.index.index)
+        if self.kind == "pca-flat":
+            inner = faiss.downcast_index(inner.refine_index)
+        return inner.reconstruct_batch(self._pos[ids])
+
+    def stored_ids(self) -> np.ndarray:
+        """The row ids the faiss structure itself holds (checks that removal reached the codes)."""
+        faiss = _faiss()
+        if self.kind in ("ivf", "ivf-pq"):
+            inv = self.index.invlists
+            return np.concatenate([np.zeros(0, np.int64)] + [
+                faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy() for lst in range(inv.nlist)])
+        if self._has_idmap():
+            return faiss.vector_to_array(self.index.id_map)
+        return np.arange(self.index.ntotal)
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove rows from every structure (codes, stored vectors, rows, calibration); returns how many.
+
+        IVF kinds drop them in place; the others are re-filled from their stored vectors, keeping the trained
+        parts (PCA, quantisers). Row ids are never reused, so earlier results keep their meaning.
+        """
+        faiss = _faiss()
+        live = self.live_mask()
+        ids = np.unique(np.asarray(ids, np.int64))
+        ids = ids[(ids >= 0) & (ids < len(self.rows))]
+        ids = ids[live[ids]]
+        if len(ids) == 0:
+            return 0
+        if self.kind in ("ivf", "ivf-pq"):
+            if self.index.direct_map.type != faiss.DirectMap.NoMap:
+                self.index.set_direct_map_type(faiss.DirectMap.NoMap)
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        else:
+            live[ids] = False
+            left = np.flatnonzero(live)
+            vecs = self.vectors(left)
+            if self._has_idmap():
+                self.index.reset()
+            else:  # exact: positions were the ids; from now on ids are stored with the vectors
+                self.index = _with_ids(faiss.IndexFlatIP(self.dim))
+            for s in range(0, len(left), 65536):
+                self.index.add_with_ids(vecs[s:s + 65536], left[s:s + 65536])
+        for i in ids.tolist():
+            self.rows[i] = None
+        self._pos = None
+        if self.cal is not None:
+            self.cal.drop(ids, self)
+            self.params["recall@10_vs_exact"] = self.cal.recall_in(self)
+            self.params["recall_measured_at_rows"] = len(self)
+        self.params["removed"] = int(self.params.get("removed", 0)) + len(ids)
+        return len(ids)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> Path:
@@ -295,7 +406,8 @@ class Index:
                         "clothes_id INTEGER, timestamp TEXT)")
             con.executemany("INSERT INTO rows VALUES (?,?,?,?,?,?,?)",
                             ((i, r["path"], json.dumps(r.get("box")), r.get("pid", -1), r.get("camid", -1),
-                              r.get("clothes_id", -1), r.get("timestamp", "")) for i, r in enumerate(self.rows)))
+                              r.get("clothes_id", -1), r.get("timestamp", "")) for i, r in enumerate(self.rows)
+                             if r is not None))
             con.commit()
             con.close()
             names = ["index.faiss", "rows.sqlite"]
@@ -304,7 +416,7 @@ class Index:
                 names.append("calibration.npz")
             files = {n: file_hash(tmp / n, 64) for n in names}
             meta = {"kind": self.kind, "dim": self.dim, "fingerprint": self.fingerprint, "count": len(self),
-                    "params": self.params, "model": self.model, "sha256": files}
+                    "next_id": len(self.rows), "params": self.params, "model": self.model, "sha256": files}
             atomic_write_json(tmp / "index.json", meta | {"meta_sha256": _meta_sha256(meta)})
             n = 1 + max([int(p.name[1:]) for p in folder.glob("v[0-9]*") if p.name[1:].isdigit()] or [0])
             version = folder / f"v{n}"
@@ -363,14 +475,22 @@ class Index:
                             f"rebuild the index") from None
         try:
             con = sqlite3.connect(files / "rows.sqlite")
-            rows = [{"path": p, "box": json.loads(b), "pid": pid, "camid": cam, "clothes_id": clo, "timestamp": ts}
-                    for p, b, pid, cam, clo, ts in con.execute("SELECT path, box, pid, camid, clothes_id, timestamp "
-                                                              "FROM rows ORDER BY id")]
+            stored = [(i, {"path": p, "box": json.loads(b), "pid": pid, "camid": cam, "clothes_id": clo,
+                           "timestamp": ts})
+                      for i, p, b, pid, cam, clo, ts in con.execute("SELECT id, path, box, pid, camid, clothes_id, "
+                                                                    "timestamp FROM rows ORDER BY id")]
             con.close()
         except (sqlite3.Error, json.JSONDecodeError) as e:
             raise UserError(f"{files / 'rows.sqlite'}: unreadable ({e}); rebuild the index") from None
-        if len(rows) != idx.ntotal:
-            raise UserError(f"{folder}: index.faiss holds {idx.ntotal} vectors but rows.sqlite {len(rows)} rows")
+        n_ids = int(meta.get("next_id", len(stored)))
+        if stored and not 0 <= stored[-1][0] < n_ids:
+            raise UserError(f"{files / 'rows.sqlite'}: row id {stored[-1][0]} is outside the index's {n_ids} ids; "
+                            f"rebuild the index")
+        rows: list[dict | None] = [None] * n_ids  # the gaps are removed rows
+        for i, r in stored:
+            rows[i] = r
+        if len(stored) != idx.ntotal:
+            raise UserError(f"{folder}: index.faiss holds {idx.ntotal} vectors but rows.sqlite {len(stored)} rows")
         if meta.get("count") is not None and meta["count"] != idx.ntotal:
             raise UserError(f"{files / 'index.json'}: says {meta['count']} rows but index.faiss holds {idx.ntotal}")
         if idx.d != dim:
