@@ -154,6 +154,20 @@ def test_index_build_and_add_survive_a_kill_at_every_operation(full_run, data_ro
     (tmp_path / "b").mkdir()
     _write_counts("index build", sweep("index build", argv_build, check_build, tmp_path / "b"))
 
+    from scireid.deploy.index import Index
+    pid = next(r["pid"] for r in Index.load(base / "idx").rows if r["pid"] >= 0)
+
+    def argv_remove(w):
+        return ["index", "remove", str(w / "idx"), "--pid", str(pid)]
+
+    def check_remove(w, _):  # a re-run after the switch is refused ("nothing removed"): the removal had landed
+        idx = Index.load(w / "idx")
+        live = [r for r in idx.rows if r is not None]
+        assert live and all(r["pid"] != pid for r in live) and len(live) == len(idx)
+        return len(idx), len(idx.rows)
+    (tmp_path / "r").mkdir()
+    _write_counts("index remove", sweep("index remove", argv_remove, check_remove, tmp_path / "r", prepare))
+
 
 def test_train_survives_a_kill_at_every_operation(data_root, tmp_path):
     """The documented recovery is the same command with --resume (refused in one line when nothing started)."""

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from .cli_checks import NUMERIC_OPTIONS, OneLineParser, check_numbers, check_output_paths  # noqa: F401 (NUMERIC_OPTIONS: re-exported)
+from .cli_index import _cluster_args, _cmd_index_add, cmd_index, cmd_index_remove, cmd_search
 from .errors import UserError
 
 log = logging.getLogger("scireid")
@@ -128,128 +129,6 @@ def cmd_embed(a) -> int:
     return 0
 
 
-def _embed_for_index(a, items, out_feats, backend=None):
-    from .deploy.embed import embed, load_features
-    s = embed(a.model, items, out_feats, batch=a.batch, workers=a.workers, device=a.device, backend=backend)
-    feats, side = load_features(out_feats)  # memory-mapped: the index holds the only copy in RAM
-    return feats, side, s
-
-
-def cmd_index(a) -> int:
-    """build / add under the index folder's lock: two writers never interleave, and every check that can
-    refuse the job (options, folder, the model of an existing index) runs before anything is embedded."""
-    import tempfile
-    from pathlib import Path
-
-    from .deploy.index import Index, check_build_options
-    from .engine.rundir import RunLock, check_out_dir
-    out = Path(a.index)
-    if a.icmd == "build":
-        check_build_options(a.kind, a.recall, a.store)
-        if Index.exists(out):
-            raise UserError(f"{out} already holds an index; use 'scireid index add' or another folder")
-        if out.is_dir():  # a build killed before its first switch: its unswitched version is removed, not refused
-            from .deploy.index import clean_index_leftovers
-            with RunLock(out):
-                clean_index_leftovers(out, unswitched=True)
-        check_out_dir(out, marker=("CURRENT", "index.json"))
-    elif not Index.exists(out):
-        raise UserError(f"{out}: no index there to add to; build one with 'scireid index build'")
-    with RunLock(out):
-        from .deploy.index import clean_index_leftovers
-        clean_index_leftovers(out)  # what a killed build / add left: its embedding folder, a half-written switch
-        from .deploy.backend import check_fingerprint, open_backend
-        be = open_backend(a.model, a.device)  # loaded once: checked against the index, then used to embed
-        from .deploy.embed import job_key
-        from .deploy.inputs import read_inputs
-        items = read_inputs(a.input, a.frames)
-        job = job_key(items, be.fingerprint, False, 0)  # what this command adds: the same inputs are never added twice
-        if a.icmd == "add":
-            idx = Index.load(out)
-            check_fingerprint(be.fingerprint, idx.fingerprint, f"index {out}")
-            if job in idx.params.get("jobs", []):
-                raise UserError(f"{out}: these inputs were already added (an earlier add finished, perhaps just before "
-                                f"a kill); nothing to do")
-        with tempfile.TemporaryDirectory(dir=out, prefix=".embed.", suffix=".tmp") as tmp:  # inside: cleaned with it
-            feats, side, s = _embed_for_index(a, items, Path(tmp) / "feats.npy", be)
-            if a.icmd == "build":
-                idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model),
-                                  recall=a.recall, store=a.store)
-            else:
-                idx.add(feats, side["rows"], side["fingerprint"])
-            idx.params["jobs"] = [*idx.params.get("jobs", []), job]
-            idx.save(out)
-    rec = idx.params.get("recall@10_vs_exact")
-    knobs = ", ".join(f"{k}={v}" for k, v in idx.settings.items())
-    print(f"{out}: {len(idx)} vectors ({idx.kind}{' ' + knobs if knobs else ''}, {idx.dim}-d, model {idx.fingerprint})"
-          + (f"; recall@10 vs exact {rec:.3f} ({idx.params.get('calibration', 'held-out rows')})" if rec is not None
-             else "") + (f"; scores are {idx.params['scores']}" if "scores" in idx.params else "")
-          + f"; {len(s['skipped'])} images skipped")
-    return 0
-
-
-def cmd_search(a) -> int:
-    from pathlib import Path
-
-    import numpy as np
-
-    from .deploy.backend import check_fingerprint, embed_arrays, open_backend
-    from .deploy.embed import load_image
-    from .deploy.html import write_results_html
-    from .deploy.index import Index, results_table
-    from .deploy.inputs import read_inputs
-
-    from .deploy.filters import RowFilter, parse_cameras
-    rf = RowFilter(parse_cameras(a.cameras) if a.cameras else None, a.after, a.before)
-    rf.check()  # before the model is loaded
-    idx = Index.load(a.index)
-    model = a.model or idx.model
-    be = open_backend(model, a.device)
-    check_fingerprint(be.fingerprint, idx.fingerprint, f"index {a.index}")
-    items = read_inputs(a.query, a.frames)
-    if a.exclude_same_camera:  # never a silent no-op: every query needs a camera, the gallery is checked too
-        unknown = [it.path for it in items if it.camid < 0]
-        if unknown:
-            raise UserError(f"--exclude-same-camera: no camera known for query {unknown[0]} ({len(unknown)} of "
-                            f"{len(items)}); name files by a dataset scheme (e.g. LTCC <pid>_<clothes>_c<cam>_...) or "
-                            f"give a CSV manifest with a camid column")
-        live = [r for r in idx.rows if r is not None]
-        n_unknown = sum(1 for r in live if r.get("camid", -1) < 0)
-        if n_unknown == len(live):
-            raise UserError(f"--exclude-same-camera: the index {a.index} knows no camera for any of its rows; rebuild "
-                            f"it from files named by a dataset scheme or a CSV manifest with a camid column")
-        if n_unknown:
-            log.warning("--exclude-same-camera: %d of %d gallery rows have no camera and are always kept", n_unknown,
-                        len(live))
-    arrays, kept = [], []
-    for it in items:
-        try:
-            arrays.append(be.pre(load_image(it)))
-            kept.append(it)
-        except Exception as e:
-            print(f"skipped query {it.path}: {type(e).__name__}: {e}", file=sys.stderr)
-    if not kept:
-        raise UserError("no readable query image")
-    q = np.concatenate([embed_arrays(be, arrays[i:i + 64]) for i in range(0, len(arrays), 64)])
-    cams = [it.camid for it in kept] if a.exclude_same_camera else None
-    scores, ids = idx.search(q, a.topk, exclude_camids=cams, keep=rf.mask(idx.rows) if rf.active else None)
-    res = results_table(idx, kept, scores, ids)
-    if a.html:
-        write_results_html(res, a.html, title=f"scireid search in {Path(a.index).name}")
-    if a.json:
-        print(json.dumps(res, indent=1))
-    else:
-        for r in res:
-            print(f"query {r['query']['path']}")
-            for h in r["results"]:
-                meta = " ".join(f"{k}={h[k]}" for k in ("pid", "camid", "clothes_id") if h.get(k, -1) >= 0)
-                mark = {True: " [same id]", False: " [other id]", None: ""}[h["same_identity"]]
-                print(f"  {h['rank']:>3}  {h['score']:.4f}  {h['path']}  {meta}{mark}")
-    if a.html:
-        print(f"wrote {a.html}", file=sys.stderr if a.json else sys.stdout)  # --json output stays pure JSON
-    return 0
-
-
 def cmd_export(a) -> int:
     from .deploy.export import check_parity, export_onnx
 
@@ -305,47 +184,6 @@ def _deploy_args(p) -> None:
     p.add_argument("--workers", type=int, default=0, help="decoding processes")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--frames", help="frame folder for a MOT detection file (default: ../img1)")
-
-
-def cmd_index_remove(a) -> int:
-    """Under the index's lock, like add; the removal lands in one switch of the index's version."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from .deploy.index import Index, clean_index_leftovers
-    from .engine.rundir import RunLock
-    out = Path(a.index)
-    if not Index.exists(out):
-        raise UserError(f"{out}: no index there to remove from")
-    paths = None
-    if a.paths:
-        from .deploy.inputs import read_text
-        paths = {ln.strip() for ln in read_text(Path(a.paths)).splitlines() if ln.strip()}
-        if not paths:
-            raise UserError(f"--paths {a.paths}: no paths in the file")
-    with RunLock(out):
-        clean_index_leftovers(out)
-        idx = Index.load(out)
-        hit = [i for i, r in enumerate(idx.rows) if r is not None and (
-            (a.pid is not None and r.get("pid", -1) == a.pid) or (paths is not None and r["path"] in paths))]
-        if not hit:
-            what = f"identity {a.pid}" if a.pid is not None else f"any path listed in {a.paths}"
-            raise UserError(f"{out}: no row of {what}; nothing removed")
-        n = idx.remove(np.array(hit))
-        idx.save(out)
-    rec = idx.params.get("recall@10_vs_exact")
-    print(f"{out}: removed {n} rows, {len(idx)} left" + (f"; recall@10 vs exact re-measured: {rec:.3f}"
-                                                          if rec is not None else ""))
-    return 0
-
-
-def _cmd_index_add(a) -> int:
-    from .deploy.index import Index
-    if a.model is None:
-        a.model = Index.load(a.index).model
-    a.icmd = "add"
-    return cmd_index(a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,13 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recall@10 vs exact that an approximate kind is tuned to reach (default 0.95)")
     ib.add_argument("--store", default="fp32", choices=["fp32", "fp16"],
                     help="pca-flat: keep the re-ranking vectors in fp16 (half the memory)")
+    ib.add_argument("--engine", default="local", choices=["local", "dask"],
+                    help="local: one faiss index in this process (default); dask: --shards shards held by the workers "
+                         "of a Dask cluster")
+    ib.add_argument("--shards", type=int, default=2, help="--engine dask: number of shards (default 2)")
     _deploy_args(ib)
+    _cluster_args(ib)
     ib.set_defaults(fn=cmd_index)
     ia = ix.add_parser("add", help="embed INPUT with the index's model and append it")
     ia.add_argument("index", metavar="INDEX")
     ia.add_argument("input", nargs="+", metavar="INPUT")
     ia.add_argument("--model", help="RUN or .onnx (default: the one the index was built with)")
     _deploy_args(ia)
+    _cluster_args(ia)
     ia.set_defaults(fn=_cmd_index_add)
 
     ir = ix.add_parser("remove", help="remove an identity's rows, or listed images, from every part of the index")
@@ -456,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     who = ir.add_mutually_exclusive_group(required=True)
     who.add_argument("--pid", type=int, help="every row of this identity")
     who.add_argument("--paths", metavar="FILE", help="text file of image paths, one per line, as the index lists them")
+    _cluster_args(ir)
     ir.set_defaults(fn=cmd_index_remove)
 
     se = sub.add_parser("search", help="rank an index's gallery for each query image")
@@ -471,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--model", help="RUN or .onnx to embed the queries (default: the index's)")
     se.add_argument("--device")
     se.add_argument("--frames", help=argparse.SUPPRESS)
+    _cluster_args(se)
+    se.add_argument("--partial", action="store_true",
+                    help="sharded index: answer from the shards that respond, naming those that do not")
+    se.add_argument("--shard-timeout", type=float, default=60.0, help="seconds each shard may take (default 60)")
     se.set_defaults(fn=cmd_search)
 
     ex = sub.add_parser("export", help="export the test-time forward to ONNX (with --check: parity with PyTorch)")

@@ -142,6 +142,19 @@ class Index:
     def __len__(self) -> int:
         return self.index.ntotal
 
+    def row(self, i: int) -> dict:
+        return self.rows[int(i)]
+
+    @staticmethod
+    def open(folder: str | Path, client=None):
+        """The index in ``folder``: an ``Index``, or a ``ShardedIndex`` served by the Dask ``client``'s workers."""
+        from .sharded import ShardedIndex, is_sharded
+        if is_sharded(folder):
+            if client is None:
+                raise UserError(f"{folder} is a sharded index: it needs a Dask client (--scheduler ADDRESS or local)")
+            return ShardedIndex.open(folder, client)
+        return Index.load(folder)
+
     @property
     def settings(self) -> dict[str, Any]:
         """The index's parameters without the tuning measurements."""
@@ -440,7 +453,7 @@ class Index:
     @staticmethod
     def exists(folder: str | Path) -> bool:
         folder = Path(folder)
-        return (folder / "CURRENT").is_file() or (folder / "index.json").is_file()
+        return (folder / "CURRENT").is_file() or (folder / "index.json").is_file() or (folder / "shards.json").is_file()
 
     @classmethod
     def load(cls, folder: str | Path, verify: bool = True) -> "Index":
@@ -547,7 +560,7 @@ def results_table(index: Index, queries: list[Item], scores: np.ndarray, ids: np
         for rank, (s, i) in enumerate(zip(ss, ii), start=1):
             if i < 0:
                 break
-            r = index.rows[int(i)]
+            r = index.row(int(i))
             hits.append({"rank": rank, "score": float(s), "row": int(i), **r,
                          "same_identity": (None if q.pid < 0 or r.get("pid", -1) < 0 else bool(q.pid == r["pid"]))})
         out.append({"query": q.row(), "results": hits})
