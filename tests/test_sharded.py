@@ -144,11 +144,13 @@ def test_cli_engine_dask(full_run, data_root, tmp_path, capsys):
     assert main(["search", str(idx), *map(str, q), "--topk", "200", "--json"]) == 0
     assert all(r["pid"] != pid for o in json.loads(capsys.readouterr().out) for r in o["results"])
     one_line_error(capsys, ["search", str(idx), str(q[0]), "--scheduler", "tcp://127.0.0.1:9"], "no Dask scheduler")
+    one_line_error(capsys, ["search", str(plain), str(q[0]), "--engine", "dask"], "built with --engine local")
+    assert main(["search", str(idx), str(q[0]), "--engine", "dask"]) == 0
 
 
 @pytest.mark.slow
 def test_a_million_rows_over_two_workers_equal_one_process(tmp_path):
-    """10^6 x 64 (about 4 minutes on 2 cores): exact merged search equals one process; figures: BENCHMARKS.md."""
+    """10^6 x 64 (under a minute on 2 cores): exact merged search equals one process; figures: BENCHMARKS.md."""
     rng = np.random.default_rng(0)
     f = rng.standard_normal((1_000_000, 64), dtype=np.float32)
     f /= np.linalg.norm(f, axis=1, keepdims=True)

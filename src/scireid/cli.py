@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "of a Dask cluster")
     ib.add_argument("--shards", type=int, default=2, help="--engine dask: number of shards (default 2)")
     _deploy_args(ib)
-    _cluster_args(ib)
+    _cluster_args(ib, engine=False)
     ib.set_defaults(fn=cmd_index)
     ia = ix.add_parser("add", help="embed INPUT with the index's model and append it")
     ia.add_argument("index", metavar="INDEX")

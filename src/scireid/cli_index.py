@@ -26,7 +26,10 @@ def _index_client(a, folder=None):
 
     from .deploy.sharded import MANIFEST, cluster_client, is_sharded
     sharded = folder is not None and is_sharded(folder)
-    if getattr(a, "engine", "local") != "dask" and not sharded:
+    if folder is not None and getattr(a, "engine", None) not in (None, "dask" if sharded else "local"):
+        raise UserError(f"--engine {a.engine}: the index {folder} was built with --engine "
+                        f"{'dask' if sharded else 'local'}")
+    if getattr(a, "engine", None) != "dask" and not sharded:
         return contextlib.nullcontext(None)
     scheduler = getattr(a, "scheduler", None)
     shards = getattr(a, "shards", 2)
@@ -213,7 +216,10 @@ def cmd_index_remove(a) -> int:
     return 0
 
 
-def _cluster_args(p) -> None:
+def _cluster_args(p, engine: bool = True) -> None:
+    if engine:  # build chooses the engine; the other commands check it against the index's
+        p.add_argument("--engine", choices=["local", "dask"], help="the index's engine (default: the one it was "
+                                                                    "built with)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="Dask scheduler of a sharded index, e.g. tcp://10.0.0.5:8786, or 'local' for worker processes "
                         "on this host (default: the one it was built with, else local)")

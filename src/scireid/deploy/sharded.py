@@ -179,6 +179,9 @@ class ShardedIndex:
             if w not in alive:
                 down[s] = f"its worker {w} left the cluster"
                 continue
+            # big arrays go straight to the shard's worker, not through the scheduler's task graph
+            args = tuple(self.client.scatter(x, workers=[w], hash=False) if isinstance(x, np.ndarray) and
+                         x.nbytes > 2 ** 20 else x for x in args)
             futures[s] = self.client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False,
                                             key=f"{fn.__name__}-{s}-{uuid.uuid4().hex[:8]}")
         out = {}
