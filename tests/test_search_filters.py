@@ -35,10 +35,19 @@ def _brute(vecs, allowed, q, k):
     return allowed[o], np.take_along_axis(s, o, 1)
 
 
+def _make(kind, f, rows, folder):
+    """pca-ivf-disk re-ranks from a vector file: the gallery written as fp16 .npy, as a big gallery would be."""
+    if kind != "pca-ivf-disk":
+        return Index.build(f, rows, "fp", kind=kind)
+    path = Path(folder) / "vectors.npy"
+    np.save(path, f.astype(np.float16))
+    return Index.build_from_file(path, rows, "fp")
+
+
 @pytest.fixture(scope="module")
-def built():
+def built(tmp_path_factory):
     f, rows, q = _gallery()
-    return f, rows, q, {k: Index.build(f, rows, "fp", kind=k) for k in KINDS}
+    return f, rows, q, {k: _make(k, f, rows, tmp_path_factory.mktemp(k)) for k in KINDS}
 
 
 def _check_equal_to_brute(idx, f, q, allowed, k, exact_vectors):
@@ -56,7 +65,7 @@ def _check_equal_to_brute(idx, f, q, allowed, k, exact_vectors):
 def test_filters_equal_brute_force_over_the_rows_that_pass(built, kind):
     f, rows, q, idxs = built
     idx = idxs[kind]
-    exact_vectors = kind in ("exact", "ivf", "hnsw") or (kind == "pca-flat")
+    exact_vectors = kind in ("exact", "ivf", "hnsw", "pca-flat")
     cams = RowFilter(cameras=[3, 7]).mask(idx.rows)
     assert cams.sum() == 800
     window = RowFilter(after="1000", before="1039").mask(idx.rows)
@@ -122,7 +131,7 @@ def test_time_filter_on_iso_timestamps_and_its_errors(caplog):
 @pytest.mark.parametrize("kind", KINDS)
 def test_removed_rows_are_gone_from_every_structure(tmp_path, kind):
     f, rows, q = _gallery(3000)
-    idx = Index.build(f, rows, "fp", kind=kind)
+    idx = _make(kind, f, rows, tmp_path)
     gone = np.flatnonzero(np.isin([r["pid"] for r in rows], [0, 1, 2, 5]))  # the queries' own people
     assert idx.remove(gone) == len(gone) and len(idx) == 3000 - len(gone)
     assert idx.remove(gone) == 0  # twice: nothing left to remove
@@ -133,6 +142,9 @@ def test_removed_rows_are_gone_from_every_structure(tmp_path, kind):
     if kind == "exact":
         np.testing.assert_array_equal(i, _brute(f, left, q, 50)[0])
     else:
+        if kind == "pca-ivf-disk":  # the vector file is the only copy: removed rows are zeroed in it
+            stored = np.load(tmp_path / "vectors.npy")
+            assert not stored[gone].any() and stored[left].any(axis=1).all()
         if idx.cal is not None:
             assert not np.isin(idx.cal.qi, gone).any() and not np.isin(idx.cal.truth_i, gone).any()
             assert 0 < idx.params["recall@10_vs_exact"] <= 1
@@ -141,6 +153,10 @@ def test_removed_rows_are_gone_from_every_structure(tmp_path, kind):
     assert len(back) == len(idx) and [r is None for r in back.rows] == [r is None for r in idx.rows]
     s2, i2 = back.search(q, 50)
     np.testing.assert_array_equal(i2, i)
+    if kind == "pca-ivf-disk":
+        with pytest.raises(UserError, match="rebuild from the grown file"):
+            back.add(f[:3], rows[:3], "fp")
+        return
     # ids are never reused: a row added later gets a new id
     back.add(f[:3], [dict(r, path="new" + r["path"]) for r in rows[:3]], "fp")
     assert back.rows[3000]["path"] == "newg0.jpg" and back.rows[0] is None
@@ -183,3 +199,33 @@ def test_cli_filters_and_remove(full_run, data_root, tmp_path, capsys):
     one_line_error(capsys, ["search", str(idx), str(q), "--after", "noon"], "--after 'noon'")
     one_line_error(capsys, ["search", str(idx), str(q), "--cameras", "a-b"], "--cameras 'a-b'")
     assert Path(idx / "CURRENT").is_file()
+
+
+def test_disk_kind_streams_its_file_tunes_and_refuses_a_changed_file(tmp_path):
+    from scireid.deploy import disk_store
+    f, rows, q = _gallery(6000)
+    path = tmp_path / "g.npy"
+    np.save(path, f.astype(np.float16))
+    pids = np.array([r["pid"] for r in rows])
+    monkey_chunk = disk_store.CHUNK
+    try:
+        disk_store.CHUNK = 1000  # the build reads the file in chunks: six of them here
+        idx = Index.build_from_file(path, None, "fp", pids=pids, recall=0.95)
+    finally:
+        disk_store.CHUNK = monkey_chunk
+    assert isinstance(idx.store, np.memmap) and idx.params["recall@10_vs_exact"] >= 0.95
+    assert idx.params["calibration"].startswith("held-out identities")
+    truth = np.argsort(-(q @ f.astype(np.float16).astype(np.float32).T), axis=1)[:, :10]
+    s, i = idx.search(q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i.tolist(), truth.tolist())]) >= 0.9
+    np.testing.assert_allclose(s[:, 0], np.einsum("qd,qd->q", q, f.astype(np.float16)[i[:, 0]].astype(np.float32)),
+                               rtol=1e-5)  # exact inner products with the stored rows
+    idx.save(tmp_path / "idx")
+    np.save(path, np.zeros((10, f.shape[1]), np.float16))  # another file at that path
+    with pytest.raises(UserError, match="is not the vector file this index was built on"):
+        Index.load(tmp_path / "idx")
+    path.unlink()
+    with pytest.raises(UserError, match="vector file is missing"):
+        Index.load(tmp_path / "idx")
+    with pytest.raises(UserError, match="builds from a vector file"):
+        Index.build(f, rows, "fp", kind="pca-ivf-disk")

@@ -110,8 +110,16 @@ class Calibration:
             return
         live = np.flatnonzero(index.live_mask())
         gallery = np.setdiff1d(live, self.qi)
-        ti, ts = exact_topk(index.vectors(gallery), self.q, min(self.k, len(gallery)), scores=True)
-        self.truth_i, self.truth_s = gallery[ti], ts
+        k = min(self.k, len(gallery))
+        best_s = np.full((len(self.q), 0), -np.inf, np.float32)
+        best_i = np.zeros((len(self.q), 0), np.int64)
+        for s in range(0, len(gallery), 200_000):  # the stored vectors in chunks: a gallery may exceed RAM
+            part = gallery[s:s + 200_000]
+            ti, ts = exact_topk(index.vectors(part), self.q, k, scores=True)
+            cs, ci = np.concatenate([best_s, ts], 1), np.concatenate([best_i, part[ti]], 1)
+            top = np.argsort(-cs, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(cs, top, 1), np.take_along_axis(ci, top, 1)
+        self.truth_i, self.truth_s = best_i, best_s
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as f:

@@ -35,10 +35,11 @@ from .filters import camera_groups
 from .inputs import Item
 
 log = logging.getLogger(__name__)
-KINDS = ("exact", "pca-flat", "ivf", "ivf-pq", "hnsw")
+KINDS = ("exact", "pca-flat", "ivf", "ivf-pq", "hnsw", "pca-ivf-disk")
+IVF_KINDS = ("ivf", "ivf-pq", "pca-ivf-disk")  # rows are dropped in place; ids live in the inverted lists
 COLUMNS = ("path", "box", "pid", "camid", "clothes_id", "timestamp")
 BRUTE_FORCE_ROWS = 50_000  # a filter keeping at most this many rows is searched exactly over them
-KNOB = {"pca-flat": "k_factor", "ivf": "nprobe", "ivf-pq": "nprobe", "hnsw": "efSearch"}
+KNOB = {"pca-flat": "k_factor", "ivf": "nprobe", "ivf-pq": "nprobe", "hnsw": "efSearch", "pca-ivf-disk": "nprobe"}
 
 
 def _faiss():
@@ -127,6 +128,8 @@ def set_knob(index, kind: str, value: int) -> None:
         inner.k_factor = float(value)
     elif kind in ("ivf", "ivf-pq"):
         inner.nprobe = int(value)
+    elif kind == "pca-ivf-disk":
+        faiss.extract_index_ivf(index).nprobe = int(value)
 
 
 class Index:
@@ -137,7 +140,8 @@ class Index:
         self.index, self.kind, self.dim, self.fingerprint = faiss_index, kind, dim, fingerprint
         self.rows, self.params, self.model = rows, params, model  # rows[i] is None once row i is removed
         self.cal: Calibration | None = None
-        self._pos: np.ndarray | None = None  # row id -> position in the stored vectors (ID-mapped kinds)  # approximate kinds: the queries their recall is measured with
+        self._pos: np.ndarray | None = None  # row id -> position in the stored vectors (ID-mapped kinds)
+        self.store: np.ndarray | None = None  # pca-ivf-disk: the memory-mapped vector file  # approximate kinds: the queries their recall is measured with
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -166,6 +170,9 @@ class Index:
     def build(cls, feats: np.ndarray, rows: list[dict], fingerprint: str, kind: str = "exact", model: str = "",
               recall: float = 0.95, **kw) -> "Index":
         """``recall``: the recall@10 against exact search an approximate kind is tuned to reach."""
+        if kind == "pca-ivf-disk":
+            raise UserError("--kind pca-ivf-disk builds from a vector file it re-ranks from in place: "
+                            "Index.build_from_file(path, rows, ...)")
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         if len(feats) != len(rows):
             raise UserError(f"{len(feats)} feature rows but {len(rows)} metadata rows")
@@ -207,6 +214,45 @@ class Index:
                             kind, out.params["recall@10_vs_exact"], recall)
         return out
 
+    @classmethod
+    def build_from_file(cls, path: str | Path, rows: list[dict] | None, fingerprint: str, kind: str = "pca-ivf-disk",
+                        model: str = "", recall: float = 0.95, pids: np.ndarray | None = None, pca_dim: int = 64,
+                        nlist: int = 0) -> "Index":
+        """A ``pca-ivf-disk`` index over the ``.npy`` vector file at ``path``, streamed in chunks (it may be larger
+        than RAM) and re-ranked from in place later. ``rows=None``: rows named by their number, identities from
+        ``pids`` (whole identities are then held out to measure recall, as ``build`` does)."""
+        from . import disk_store
+        if kind != "pca-ivf-disk":
+            raise UserError(f"--kind {kind}: only pca-ivf-disk builds from a vector file; load it and use build")
+        check_build_options(kind, recall)
+        store = disk_store.open_store(path)
+        n, dim = store.shape
+        if rows is None:
+            rows = [{"path": str(i)} if pids is None else {"path": str(i), "pid": int(pids[i])} for i in range(n)]
+        if len(rows) != n:
+            raise UserError(f"{path}: {n} vectors but {len(rows)} metadata rows")
+        if pids is None:
+            pids = np.array([r.get("pid", -1) for r in rows])
+        cal = Calibration(store, pids=np.asarray(pids)) if n > 1 else None
+        order = np.arange(n) if cal is None else cal.order
+        n_cal = 0 if cal is None else len(cal.qi)
+        idx, params = disk_store.make_index(dim, n, pca_dim, nlist)
+        disk_store.train(idx, store, params["nlist"])
+        out = cls(idx, kind, dim, fingerprint, rows, params, model)
+        out.store = store
+        out.params["store"] = disk_store.store_check(path)
+        out._insert(store, order[:n - n_cal], 0, chunk=disk_store.CHUNK)
+        if cal is not None:
+            out.tune(cal, recall)
+            out._insert(store, order[n - n_cal:], 0)
+            out.cal = cal
+            out.params["calibration"] = cal.how
+            out.params["recall_measured_at_rows"] = n - n_cal
+            if out.params["recall@10_vs_exact"] < recall:
+                log.warning("%s index: recall@10 vs exact %.3f at the largest setting, below the target %.2f",
+                            kind, out.params["recall@10_vs_exact"], recall)
+        return out
+
     def tune(self, cal: "Calibration", target: float) -> float:
         """Double the kind's search knob from its cheapest value until ``cal`` measures ``target`` recall."""
         knob = KNOB[self.kind]
@@ -214,7 +260,7 @@ class Index:
         value, steps = self.params[knob], []
         while True:
             set_knob(self.index, self.kind, value)
-            rec = cal.recall(self.index)
+            rec = cal.recall(self)  # through _search: pca-ivf-disk re-ranks there
             steps.append([value, rec])
             if rec >= target or value >= top:
                 break
@@ -227,6 +273,9 @@ class Index:
 
     def add(self, feats: np.ndarray, rows: list[dict], fingerprint: str) -> None:
         check_fingerprint(fingerprint, self.fingerprint, "this index")
+        if self.kind == "pca-ivf-disk":
+            raise UserError("pca-ivf-disk indexes re-rank from one vector file and are not extended in place; "
+                            "rebuild from the grown file (Index.build_from_file)")
         if feats.ndim != 2 or feats.shape[1] != self.dim:
             raise UserError(f"features have shape {feats.shape}, the index holds {self.dim}-d vectors")
         if len(feats) != len(rows):
@@ -310,6 +359,10 @@ class Index:
         return np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.kind == "pca-ivf-disk":  # candidates from the lists, ranked on the stored vectors
+            from .disk_store import rerank
+            _, cand = self.index.search(q, min(len(self), k * int(self.params.get("k_factor", 10))))
+            return rerank(self.store, q, cand, k)
         scores, ids = self.index.search(q, k)
         if self.kind == "pca-flat":  # squared L2 between unit vectors -> cosine
             scores = np.where(ids >= 0, 1.0 - scores / 2.0, -np.inf).astype(np.float32)
@@ -330,6 +383,9 @@ class Index:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return np.zeros((0, self.dim), np.float32)
+        if self.store is not None:
+            from .disk_store import rows_of
+            return rows_of(self.store, ids)
         if self.kind in ("ivf", "ivf-pq"):
             if self.index.direct_map.type == faiss.DirectMap.NoMap:
                 self.index.set_direct_map_type(faiss.DirectMap.Hashtable)
@@ -348,10 +404,11 @@ class Index:
     def stored_ids(self) -> np.ndarray:
         """The row ids the faiss structure itself holds (checks that removal reached the codes)."""
         faiss = _faiss()
-        if self.kind in ("ivf", "ivf-pq"):
-            inv = self.index.invlists
-            return np.concatenate([np.zeros(0, np.int64)] + [
-                faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy() for lst in range(inv.nlist)])
+        if self.kind in IVF_KINDS:
+            inv = faiss.extract_index_ivf(self.index).invlists
+            return np.concatenate([np.zeros(0, np.int64)] + [  # (an empty list has no id buffer to read)
+                faiss.rev_swig_ptr(inv.get_ids(lst), inv.list_size(lst)).copy() for lst in range(inv.nlist)
+                if inv.list_size(lst)])
         if self._has_idmap():
             return faiss.vector_to_array(self.index.id_map)
         return np.arange(self.index.ntotal)
@@ -369,10 +426,17 @@ class Index:
         ids = ids[live[ids]]
         if len(ids) == 0:
             return 0
-        if self.kind in ("ivf", "ivf-pq"):
-            if self.index.direct_map.type != faiss.DirectMap.NoMap:
-                self.index.set_direct_map_type(faiss.DirectMap.NoMap)
+        if self.kind in IVF_KINDS:
+            ivf = faiss.extract_index_ivf(self.index)
+            if ivf.direct_map.type != faiss.DirectMap.NoMap:
+                ivf.set_direct_map_type(faiss.DirectMap.NoMap)
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
+            if self.store is not None:  # the vectors too, in place (the file is the index's only copy)
+                from .disk_store import open_store, store_check, zero_rows
+                self.store = None
+                zero_rows(self.params["store"]["path"], ids)
+                self.store = open_store(self.params["store"]["path"])
+                self.params["store"] = store_check(self.params["store"]["path"])
         else:
             live[ids] = False
             left = np.flatnonzero(live)
@@ -512,6 +576,9 @@ class Index:
         if kind in KNOB and KNOB[kind] in params:  # the tuned setting, whatever faiss serialises
             set_knob(idx, kind, params[KNOB[kind]])
         out = cls(idx, kind, dim, fp, rows, params, meta.get("model", ""))
+        if kind == "pca-ivf-disk":
+            from .disk_store import verify_store
+            out.store = verify_store(params.get("store") or {"path": "?", "size": -1, "header_sha256": ""})
         if (files / "calibration.npz").is_file():
             out.cal = Calibration.load(files / "calibration.npz")
         return out

@@ -1,0 +1,116 @@
+"""The ``pca-ivf-disk`` kind: galleries larger than RAM.
+
+In RAM: a PCA projection (``pca_dim`` dimensions) and inverted lists over the projected rows (faiss
+``IndexPreTransform(PCAMatrix, IndexIVFFlat)``, L2 in the projected space: about ``n * pca_dim * 4`` bytes).
+On disk: the gallery's vectors in one ``.npy`` file (float16 or float32), memory-mapped and read in place;
+the index never makes a second copy. A query takes ``k * k_factor`` candidates from the inverted lists and
+ranks them by their exact inner product with the stored rows. The build streams the file in chunks, so the
+file may be larger than RAM. The file is pinned by its size
+and header; a removed row is zeroed in it, so its vector is gone.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+
+CHUNK = 200_000
+
+
+def open_store(path: str | Path, writable: bool = False) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: the index's vector file is missing (pca-ivf-disk re-ranks from it in place)")
+    try:
+        m = np.load(p, mmap_mode="r+" if writable else "r")
+    except (ValueError, OSError) as e:
+        raise UserError(f"{p}: not a readable .npy file ({e})") from None
+    if m.ndim != 2 or m.dtype not in (np.float16, np.float32):
+        raise UserError(f"{p}: expected a 2-D float16 or float32 array, got {m.dtype} {m.shape}")
+    return m
+
+
+def store_check(path: str | Path) -> dict[str, Any]:
+    """What pins the vector file: its size and its .npy header (shape, dtype). Removal zeroes rows in place,
+    so the data bytes are not pinned; hashing a 23 GB file on every load would cost minutes anyway."""
+    p = Path(path)
+    m = open_store(p)
+    offset = m.offset
+    del m
+    with open(p, "rb") as f:
+        head = hashlib.sha256(f.read(offset)).hexdigest()
+    return {"path": str(p.resolve()), "size": p.stat().st_size, "header_sha256": head}
+
+
+def verify_store(meta: dict[str, Any]) -> np.ndarray:
+    if not Path(meta["path"]).is_file():
+        raise UserError(f"{meta['path']}: the index's vector file is missing (pca-ivf-disk re-ranks from it in place)")
+    now = store_check(meta["path"])
+    if now["size"] != meta["size"] or now["header_sha256"] != meta["header_sha256"]:
+        raise UserError(f"{meta['path']}: is not the vector file this index was built on (size or header changed); "
+                        f"rebuild the index")
+    return open_store(meta["path"])
+
+
+def make_index(dim: int, n: int, pca_dim: int = 64, nlist: int = 0):
+    import faiss
+    pca_dim = min(pca_dim, dim)
+    nlist = nlist or max(1, min(int(2 * math.sqrt(n)), n // 39 or 1))
+    # each part is owned by the C++ object that holds it, and released by its Python proxy (no double free)
+    quant = faiss.IndexFlatL2(pca_dim)
+    ivf = faiss.IndexIVFFlat(quant, pca_dim, nlist, faiss.METRIC_L2)
+    ivf.own_fields = True
+    quant.this.disown()
+    pca = faiss.PCAMatrix(dim, pca_dim)
+    idx = faiss.IndexPreTransform(pca, ivf)
+    idx.own_fields = True
+    pca.this.disown()
+    ivf.this.disown()
+    return idx, {"pca_dim": pca_dim, "nlist": nlist, "nprobe": 1, "k_factor": 10}
+
+
+def train(index, store: np.ndarray, nlist: int, seed: int = 0) -> None:
+    """PCA and k-means on a seeded sample, read from the file in sorted order."""
+    n_fit = min(len(store), max(65_536, 39 * nlist))
+    pick = np.sort(np.random.default_rng(seed).choice(len(store), n_fit, replace=False)) if n_fit < len(store) \
+        else np.arange(len(store))
+    index.train(np.ascontiguousarray(store[pick], dtype=np.float32))
+
+
+def rows_of(store: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """float32 rows ``ids`` of the file (read in sorted order, returned in the order asked)."""
+    ids = np.asarray(ids, np.int64)
+    order = np.argsort(ids, kind="stable")
+    out = np.empty((len(ids), store.shape[1]), np.float32)
+    out[order] = store[ids[order]]
+    return out
+
+
+def rerank(store: np.ndarray, q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner products of each query with its candidates (-1: none), the best ``k``."""
+    uniq, inv = np.unique(cand[cand >= 0], return_inverse=True)
+    vecs = rows_of(store, uniq)
+    pos = np.full(cand.shape, -1, np.int64)
+    pos[cand >= 0] = inv
+    s = np.einsum("qd,qkd->qk", q, vecs[np.maximum(pos, 0)])
+    s = np.where(pos >= 0, s, -np.inf).astype(np.float32)
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    s, i = np.take_along_axis(s, top, 1), np.take_along_axis(cand, top, 1)
+    return s, np.where(np.isfinite(s), i, -1)
+
+
+def zero_rows(path: str | Path, ids: np.ndarray) -> None:
+    """Overwrite removed rows in the file, so that their vectors are gone from the disk too."""
+    m = open_store(path, writable=True)
+    for s in range(0, len(ids), CHUNK):
+        m[np.sort(ids[s:s + CHUNK])] = 0
+    m.flush()
+    del m
+
+
+__all__ = ["make_index", "open_store", "rerank", "rows_of", "store_check", "train", "verify_store", "zero_rows"]
