@@ -89,7 +89,7 @@ def recall(ids: np.ndarray, ref: np.ndarray) -> float:
 def bench(data: Path, write: bool, recall_target: float = 0.95) -> None:
     import faiss
 
-    from scireid.deploy.index import Index
+    from scireid.deploy.index import Index, set_knob
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     meta = json.loads((data / "gallery.json").read_text())
     g = np.load(data / "gallery.npy", mmap_mode="r")
@@ -111,7 +111,7 @@ def bench(data: Path, write: bool, recall_target: float = 0.95) -> None:
     rows = []
     knob = idx.params["nprobe"]
     for value in (knob, 2 * knob):
-        idx.set_nprobe(value)
+        set_knob(idx.index, idx.kind, value)
         idx.search(q[:8], 10)  # warm-up
         t = time.perf_counter()
         _, ids_in = idx.search(q[:256], 10)
@@ -120,8 +120,7 @@ def bench(data: Path, write: bool, recall_target: float = 0.95) -> None:
         rows.append({"nprobe": value, "ms": ms, "recall_in": recall(ids_in, ref[:256]),
                      "recall_out": recall(ids_out, ref[256:])})
         print(rows[-1], file=sys.stderr, flush=True)
-    disk = sum(p.stat().st_size for p in data.rglob("*") if p.is_file() and p.name in ("gallery.npy",) or
-               out in p.parents)
+    disk = (data / "gallery.npy").stat().st_size + sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     settings = ", ".join(f"{k}={v}" for k, v in idx.settings.items() if k != "nprobe")
     md = [f"## 10^7 gallery rows on one machine, {meta['structure']} spectrum ({date.today()})", "",

@@ -229,3 +229,26 @@ def test_disk_kind_streams_its_file_tunes_and_refuses_a_changed_file(tmp_path):
         Index.load(tmp_path / "idx")
     with pytest.raises(UserError, match="builds from a vector file"):
         Index.build(f, rows, "fp", kind="pca-ivf-disk")
+
+
+def test_cli_disk_kind_build_search_remove_and_move(full_run, data_root, tmp_path, capsys):
+    import shutil
+    run, _ = full_run
+    idx = tmp_path / "disk"
+    assert main(["index", "build", str(run), str(data_root / "test"), "--out", str(idx), "--kind", "pca-ivf-disk"]) == 0
+    vec = np.load(idx / "vectors.npy", mmap_mode="r")
+    assert vec.dtype == np.float16 and len(vec) == len(Index.load(idx))
+    moved = tmp_path / "moved"
+    shutil.move(idx, moved)  # the vector file is found inside the index folder, wherever it is
+    q = sorted((data_root / "query").glob("*.png"))[0]
+    capsys.readouterr()
+    assert main(["search", str(moved), str(q), "--topk", "5", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)[0]["results"]
+    assert len(res) == 5
+    assert main(["index", "remove", str(moved), "--pid", str(res[0]["pid"])]) == 0
+    gone = [i for i, r in enumerate(Index.load(moved).rows) if r is None]
+    assert gone and not np.load(moved / "vectors.npy")[gone].any()
+    one_line_error(capsys, ["index", "add", str(moved), str(data_root / "query")], "not extended in place")
+    feats = tmp_path / "f16.npy"
+    assert main(["embed", str(run), str(q), "--out", str(feats), "--fp16"]) == 0
+    assert np.load(feats).dtype == np.float16

@@ -122,7 +122,7 @@ def cmd_embed(a) -> int:
     from .deploy.inputs import read_inputs
 
     s = embed(a.model, read_inputs(a.input, a.frames), a.out, batch=a.batch, workers=a.workers, flip=a.flip,
-              device=a.device, chunk=a.chunk)
+              device=a.device, chunk=a.chunk, dtype="float16" if a.fp16 else "float32")
     print(f"embedded {s['count']} images ({s['dim']}-d, model {s['fingerprint']}); {len(s['skipped'])} skipped")
     for sk in s["skipped"][:20]:
         print(f"  skipped {sk['path']}: {sk['error']}")
@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--out", required=True, metavar="FEATS")
     _deploy_args(em)
     em.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    em.add_argument("--fp16", action="store_true", help="store the features as float16 (half the disk)")
     em.add_argument("--chunk", type=int, default=2048, help="images per resumable chunk")
     em.set_defaults(fn=cmd_embed)
 
@@ -274,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("model", metavar="RUN")
     ib.add_argument("input", nargs="+", metavar="INPUT")
     ib.add_argument("--out", required=True, dest="index", metavar="INDEX")
-    ib.add_argument("--kind", default="exact", choices=["exact", "pca-flat", "ivf", "ivf-pq", "hnsw"],
-                    help="exact (default), or approximate: pca-flat, ivf, ivf-pq, hnsw (tuned to --recall)")
+    ib.add_argument("--kind", default="exact", choices=["exact", "pca-flat", "ivf", "ivf-pq", "hnsw", "pca-ivf-disk"],
+                    help="exact (default), or approximate: pca-flat, ivf, ivf-pq, hnsw (tuned to --recall); "
+                         "pca-ivf-disk for galleries larger than RAM (fp16 vectors kept in INDEX/vectors.npy)")
     ib.add_argument("--recall", type=float, default=0.95,
                     help="recall@10 vs exact that an approximate kind is tuned to reach (default 0.95)")
     ib.add_argument("--store", default="fp32", choices=["fp32", "fp16"],

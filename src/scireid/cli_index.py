@@ -11,9 +11,10 @@ from .errors import UserError
 log = logging.getLogger("scireid.cli")
 
 
-def _embed_for_index(a, items, out_feats, backend=None):
+def _embed_for_index(a, items, out_feats, backend=None, dtype="float32"):
     from .deploy.embed import embed, load_features
-    s = embed(a.model, items, out_feats, batch=a.batch, workers=a.workers, device=a.device, backend=backend)
+    s = embed(a.model, items, out_feats, batch=a.batch, workers=a.workers, device=a.device, backend=backend,
+              dtype=dtype)
     feats, side = load_features(out_feats)  # memory-mapped: the index holds the only copy in RAM
     return feats, side, s
 
@@ -42,11 +43,9 @@ def _index_client(a, folder=None):
 def cmd_index(a) -> int:
     """build / add under the index folder's lock: two writers never interleave, and every check that can
     refuse the job (options, folder, the model of an existing index) runs before anything is embedded."""
-    import tempfile
     from pathlib import Path
 
     from .deploy.index import Index, check_build_options
-    from .deploy.sharded import ShardedIndex, is_sharded
     from .engine.rundir import RunLock, check_out_dir
     out = Path(a.index)
     if a.icmd == "build":
@@ -59,7 +58,10 @@ def cmd_index(a) -> int:
             from .deploy.index import clean_index_leftovers
             with RunLock(out):
                 clean_index_leftovers(out, unswitched=True)
-        check_out_dir(out, marker=("CURRENT", "index.json", "shards.json"))
+        if a.kind == "pca-ivf-disk" and a.engine == "dask":
+            raise UserError("--kind pca-ivf-disk is not offered with --engine dask")
+        # vectors.*: a pca-ivf-disk build's embedding, resumed when a killed build is run again
+        check_out_dir(out, marker=("CURRENT", "index.json", "shards.json", "vectors.json", "vectors.npy.parts"))
     elif not Index.exists(out):
         raise UserError(f"{out}: no index there to add to; build one with 'scireid index build'")
     with RunLock(out), _index_client(a, out if a.icmd == "add" else None) as client:
@@ -74,27 +76,21 @@ def cmd_index(a) -> int:
         if a.icmd == "add":
             idx = Index.open(out, client)
             check_fingerprint(be.fingerprint, idx.fingerprint, f"index {out}")
+            if idx.kind == "pca-ivf-disk":
+                raise UserError(f"{out}: pca-ivf-disk indexes re-rank from one vector file and are not extended in "
+                                f"place; build a new index over all the inputs")
             if job in idx.params.get("jobs", []):
                 raise UserError(f"{out}: these inputs were already added (an earlier add finished, perhaps just before "
                                 f"a kill); nothing to do")
-        with tempfile.TemporaryDirectory(dir=out, prefix=".embed.", suffix=".tmp") as tmp:  # inside: cleaned with it
-            feats, side, s = _embed_for_index(a, items, Path(tmp) / "feats.npy", be)
-            if a.icmd == "build" and client is not None:
-                idx = ShardedIndex.build(out, feats, side["rows"], side["fingerprint"], client, shards=a.shards,
-                                         kind=a.kind, model=str(a.model), recall=a.recall, job=job)
-                if a.scheduler and a.scheduler != "local":
-                    idx.manifest["scheduler"] = a.scheduler
-                    idx.save()
-            elif a.icmd == "build":
-                idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model),
-                                  recall=a.recall, store=a.store)
-            elif is_sharded(out):
-                idx.add(feats, side["rows"], side["fingerprint"], job=job)
-            else:
-                idx.add(feats, side["rows"], side["fingerprint"])
-            if not is_sharded(out) or a.icmd == "build" and client is None:
-                idx.params["jobs"] = [*idx.params.get("jobs", []), job]
-                idx.save(out)
+        if a.icmd == "build" and a.kind == "pca-ivf-disk":  # the fp16 vectors stay: re-ranked from in place
+            _, side, s = _embed_for_index(a, items, out / "vectors.npy", be, dtype="float16")
+            idx = Index.build_from_file(out / "vectors.npy", side["rows"], side["fingerprint"], model=str(a.model),
+                                        recall=a.recall)
+            idx.params["store"]["path"] = "vectors.npy"  # relative: the index folder may be moved
+            idx.params["jobs"] = [job]
+            idx.save(out)
+        else:
+            idx, s = _build_or_add(a, out, items, be, job, client, idx if a.icmd == "add" else None)
     rec = idx.params.get("recall@10_vs_exact")
     knobs = ", ".join(f"{k}={v}" for k, v in idx.settings.items())
     print(f"{out}: {len(idx)} vectors ({idx.kind}{' ' + knobs if knobs else ''}, {idx.dim}-d, model {idx.fingerprint})"
@@ -102,6 +98,34 @@ def cmd_index(a) -> int:
              else "") + (f"; scores are {idx.params['scores']}" if "scores" in idx.params else "")
           + f"; {len(s['skipped'])} images skipped")
     return 0
+
+
+def _build_or_add(a, out, items, be, job, client, idx):
+    """Embed into a folder inside the index (removed with it), then build or extend and save."""
+    import tempfile
+    from pathlib import Path
+
+    from .deploy.index import Index
+    from .deploy.sharded import ShardedIndex, is_sharded
+    with tempfile.TemporaryDirectory(dir=out, prefix=".embed.", suffix=".tmp") as tmp:  # inside: cleaned with it
+        feats, side, s = _embed_for_index(a, items, Path(tmp) / "feats.npy", be)
+        if a.icmd == "build" and client is not None:
+            idx = ShardedIndex.build(out, feats, side["rows"], side["fingerprint"], client, shards=a.shards,
+                                     kind=a.kind, model=str(a.model), recall=a.recall, job=job)
+            if a.scheduler and a.scheduler != "local":
+                idx.manifest["scheduler"] = a.scheduler
+                idx.save()
+        elif a.icmd == "build":
+            idx = Index.build(feats, side["rows"], side["fingerprint"], kind=a.kind, model=str(a.model),
+                              recall=a.recall, store=a.store)
+        elif is_sharded(out):
+            idx.add(feats, side["rows"], side["fingerprint"], job=job)
+        else:
+            idx.add(feats, side["rows"], side["fingerprint"])
+        if not is_sharded(out) or a.icmd == "build" and client is None:
+            idx.params["jobs"] = [*idx.params.get("jobs", []), job]
+            idx.save(out)
+    return idx, s
 
 
 def cmd_search(a) -> int:

@@ -59,7 +59,7 @@ def verify_store(meta: dict[str, Any]) -> np.ndarray:
 
 def make_index(dim: int, n: int, pca_dim: int = 64, nlist: int = 0):
     import faiss
-    pca_dim = min(pca_dim, dim)
+    pca_dim = min(pca_dim, dim, max(n, 1))  # n points span at most n dimensions
     nlist = nlist or max(1, min(int(2 * math.sqrt(n)), n // 39 or 1))
     # each part is owned by the C++ object that holds it, and released by its Python proxy (no double free)
     quant = faiss.IndexFlatL2(pca_dim)

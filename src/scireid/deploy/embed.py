@@ -90,8 +90,12 @@ def job_key(items: list[Item], fingerprint: str, flip: bool, chunk: int) -> str:
 
 
 def embed(model: str | Path, items: list[Item], out: str | Path, batch: int = 32, workers: int = 0, flip: bool = False,
-          device: str | None = None, chunk: int = 2048, backend=None, progress: bool = True) -> dict[str, Any]:
-    """Embed ``items`` with ``model`` (run, checkpoint or .onnx) into ``out``; returns the summary."""
+          device: str | None = None, chunk: int = 2048, backend=None, progress: bool = True,
+          dtype: str = "float32") -> dict[str, Any]:
+    """Embed ``items`` with ``model`` (run, checkpoint or .onnx) into ``out``; returns the summary.
+    ``dtype="float16"`` halves the file (a gallery of 10^7 rows: 23 GB instead of 46)."""
+    if dtype not in ("float32", "float16"):
+        raise UserError(f"dtype {dtype!r}: expected float32 or float16")
     if batch <= 0 or chunk <= 0:
         raise UserError(f"--batch {batch} / chunk {chunk}: expected positive numbers")
     npy, side, parts = feats_paths(out)
@@ -151,7 +155,7 @@ def embed(model: str | Path, items: list[Item], out: str | Path, batch: int = 32
         # written last: marks the chunk complete, and names the job it belongs to
         atomic_write_json(pj, {"key": key, "rows": rows, "skipped": skipped})
     bar.close()
-    return _assemble(npy, side, parts, n_chunks, be, str(model), flip)
+    return _assemble(npy, side, parts, n_chunks, be, str(model), flip, np.dtype(dtype))
 
 
 def _chunk_key(path: Path) -> str | None:
@@ -165,7 +169,8 @@ def _chunk_key(path: Path) -> str | None:
         return None
 
 
-def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str, flip: bool) -> dict[str, Any]:
+def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str, flip: bool,
+              dtype: np.dtype = np.dtype(np.float32)) -> dict[str, Any]:
     """One memory-mapped pass from the chunk files into FEATS.npy, then the sidecar, then clean up."""
     metas = [json.loads((parts / f"part_{c:06d}.json").read_text()) for c in range(n_chunks)]
     n = sum(len(m["rows"]) for m in metas)
@@ -180,11 +185,11 @@ def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str,
     def write(tmp: str) -> None:
         # plain writes, not a memory map: a full disk is then an ENOSPC error we report, not a SIGBUS
         with open(tmp, "wb") as fh:
-            np.lib.format.write_array_header_2_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+            np.lib.format.write_array_header_2_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                       "fortran_order": False, "shape": (n, be.dim)})
             for c in range(n_chunks):
                 f = np.load(parts / f"part_{c:06d}.npy", mmap_mode="r")
-                fh.write(np.ascontiguousarray(f, dtype=np.float32).tobytes())
+                fh.write(np.ascontiguousarray(f, dtype=dtype).tobytes())
     atomic_write(npy, write)
     skipped = [s for m in metas for s in m["skipped"]]
     # the sidecar names the feature file's checksum: a pair left by two different jobs (one stopped between its two

@@ -141,7 +141,8 @@ class Index:
         self.rows, self.params, self.model = rows, params, model  # rows[i] is None once row i is removed
         self.cal: Calibration | None = None
         self._pos: np.ndarray | None = None  # row id -> position in the stored vectors (ID-mapped kinds)
-        self.store: np.ndarray | None = None  # pca-ivf-disk: the memory-mapped vector file  # approximate kinds: the queries their recall is measured with
+        self.store: np.ndarray | None = None  # pca-ivf-disk: the memory-mapped vector file
+        self.store_path = ""  # approximate kinds: the queries their recall is measured with
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -164,7 +165,7 @@ class Index:
         """The index's parameters without the tuning measurements."""
         return {k: v for k, v in self.params.items()
                 if k not in ("recall@10_vs_exact", "target_recall", "tuning", "calibration", "recall_measured_at_rows",
-                             "scores", "jobs")}
+                             "scores", "jobs", "store", "removed")}
 
     @classmethod
     def build(cls, feats: np.ndarray, rows: list[dict], fingerprint: str, kind: str = "exact", model: str = "",
@@ -239,7 +240,7 @@ class Index:
         idx, params = disk_store.make_index(dim, n, pca_dim, nlist)
         disk_store.train(idx, store, params["nlist"])
         out = cls(idx, kind, dim, fingerprint, rows, params, model)
-        out.store = store
+        out.store, out.store_path = store, str(Path(path).resolve())
         out.params["store"] = disk_store.store_check(path)
         out._insert(store, order[:n - n_cal], 0, chunk=disk_store.CHUNK)
         if cal is not None:
@@ -434,9 +435,9 @@ class Index:
             if self.store is not None:  # the vectors too, in place (the file is the index's only copy)
                 from .disk_store import open_store, store_check, zero_rows
                 self.store = None
-                zero_rows(self.params["store"]["path"], ids)
-                self.store = open_store(self.params["store"]["path"])
-                self.params["store"] = store_check(self.params["store"]["path"])
+                zero_rows(self.store_path, ids)
+                self.store = open_store(self.store_path)
+                self.params["store"] = store_check(self.store_path) | {"path": self.params["store"]["path"]}
         else:
             live[ids] = False
             left = np.flatnonzero(live)
@@ -576,9 +577,11 @@ class Index:
         if kind in KNOB and KNOB[kind] in params:  # the tuned setting, whatever faiss serialises
             set_knob(idx, kind, params[KNOB[kind]])
         out = cls(idx, kind, dim, fp, rows, params, meta.get("model", ""))
-        if kind == "pca-ivf-disk":
+        if kind == "pca-ivf-disk":  # a relative path is inside the index folder (the folder may move)
             from .disk_store import verify_store
-            out.store = verify_store(params.get("store") or {"path": "?", "size": -1, "header_sha256": ""})
+            meta = dict(params.get("store") or {"path": "?", "size": -1, "header_sha256": ""})
+            meta["path"] = str(folder / meta["path"]) if not Path(meta["path"]).is_absolute() else meta["path"]
+            out.store, out.store_path = verify_store(meta), meta["path"]
         if (files / "calibration.npz").is_file():
             out.cal = Calibration.load(files / "calibration.npz")
         return out
