@@ -213,7 +213,7 @@ def test_disk_kind_streams_its_file_tunes_and_refuses_a_changed_file(tmp_path):
         idx = Index.build_from_file(path, None, "fp", pids=pids, recall=0.95)
     finally:
         disk_store.CHUNK = monkey_chunk
-    assert isinstance(idx.store, np.memmap) and idx.params["recall@10_vs_exact"] >= 0.95
+    assert isinstance(idx.store, disk_store.VectorFile) and idx.params["recall@10_vs_exact"] >= 0.95
     assert idx.params["calibration"].startswith("held-out identities")
     truth = np.argsort(-(q @ f.astype(np.float16).astype(np.float32).T), axis=1)[:, :10]
     s, i = idx.search(q, 10)

@@ -141,7 +141,7 @@ class Index:
         self.rows, self.params, self.model = rows, params, model  # rows[i] is None once row i is removed
         self.cal: Calibration | None = None
         self._pos: np.ndarray | None = None  # row id -> position in the stored vectors (ID-mapped kinds)
-        self.store: np.ndarray | None = None  # pca-ivf-disk: the memory-mapped vector file
+        self.store = None  # pca-ivf-disk: the vector file (disk_store.VectorFile), read in place
         self.store_path = ""  # approximate kinds: the queries their recall is measured with
 
     def __len__(self) -> int:
