@@ -164,3 +164,18 @@ def test_a_million_rows_over_two_workers_equal_one_process(tmp_path):
         s2, i2 = sh.search(q, 10, row_filter=RowFilter(cameras=[1, 2]))
     np.testing.assert_array_equal(i2, i1)
     np.testing.assert_array_equal(s2, s1)
+
+
+def test_rows_missing_a_filtered_field_are_counted_over_all_shards(client, tmp_path, caplog):
+    import logging
+    f, rows, q = _gallery(600)
+    for i in (2, 3, 12, 13):  # spread over the three shards
+        rows[i] = dict(rows[i], camid=-1)
+    for i in (1, 11, 21, 31):  # camera 1, no time
+        rows[i] = dict(rows[i], timestamp="")
+    sh = ShardedIndex.build(tmp_path / "sh", f, rows, "fp", client, shards=3)
+    with caplog.at_level(logging.WARNING):
+        sh.search(q, 5, row_filter=RowFilter(cameras=[1], after="0"), exclude_camids=[1] * len(q))
+    assert "--cameras: 4 of 600 gallery rows have no camera" in caplog.text
+    assert "--after/--before: 4 of 60 gallery rows have no timestamp" in caplog.text  # of the camera's 60
+    assert "--exclude-same-camera: 4 of 600 gallery rows have no camera and are always kept" in caplog.text

@@ -86,21 +86,24 @@ class RowFilter:
             if a > b:
                 raise UserError(f"--after {self.after!r} is later than --before {self.before!r}: no row can pass")
 
-    def mask(self, rows: list[dict | None]) -> np.ndarray:
-        """True for the rows that pass; removed rows (None) never do."""
+    def mask(self, rows: list[dict | None], counts: dict[str, list[int]] | None = None) -> np.ndarray:
+        """True for the rows that pass; removed rows (None) never do. Rows that lack a filtered field are
+        counted into ``counts`` (a shard reports them to the client), or else logged in a warning here."""
         self.check()
+        own = counts is None
+        counts = {} if own else counts
         keep = np.array([r is not None for r in rows], bool)
         if self.cameras is not None:
             cams = np.array([-1 if r is None else r.get("camid", -1) for r in rows], np.int64)
-            missing = int(((cams < 0) & keep).sum())
-            if missing:
-                log.warning("--cameras: %d of %d gallery rows have no camera and are left out", missing, int(keep.sum()))
+            counts["--cameras"] = [int(((cams < 0) & keep).sum()), int(keep.sum())]
             keep &= np.isin(cams, self.cameras)
         if self.after is not None or self.before is not None:
-            keep &= self._time_mask(rows, keep)
+            keep &= self._time_mask(rows, keep, counts)
+        if own:
+            warn_missing(counts)
         return keep
 
-    def _time_mask(self, rows: list[dict | None], live: np.ndarray) -> np.ndarray:
+    def _time_mask(self, rows: list[dict | None], live: np.ndarray, counts: dict[str, list[int]]) -> np.ndarray:
         kind = parse_time(self.after if self.after is not None else self.before)[1]
         t = np.full(len(rows), np.nan)
         for i, r in enumerate(rows):
@@ -116,16 +119,21 @@ class RowFilter:
                 raise UserError(f"--after/--before are {kind}s but gallery row {i} ({r.get('path')}) has the "
                                 f"timestamp {r.get('timestamp')!r}, a {v[1]}")
             t[i] = v[0]
-        missing = int((np.isnan(t) & live).sum())
-        if missing:
-            log.warning("--after/--before: %d of %d gallery rows have no timestamp and are left out", missing,
-                        int(live.sum()))
+        counts["--after/--before"] = [int((np.isnan(t) & live).sum()), int(live.sum())]
         ok = ~np.isnan(t)
         if self.after is not None:
             ok &= t >= parse_time(self.after)[0]
         if self.before is not None:
             ok &= t <= parse_time(self.before)[0]
         return ok
+
+
+def warn_missing(counts: dict[str, list[int]]) -> None:
+    """One warning per filter whose field some rows lack: [rows without it, rows considered]."""
+    what = {"--cameras": "camera", "--after/--before": "timestamp"}
+    for opt, (missing, total) in counts.items():
+        if missing:
+            log.warning("%s: %d of %d gallery rows have no %s and are left out", opt, missing, total, what[opt])
 
 
 def camera_groups(exclude_camids: list[int] | None, n: int) -> dict[int, np.ndarray]:
@@ -136,4 +144,4 @@ def camera_groups(exclude_camids: list[int] | None, n: int) -> dict[int, np.ndar
     return {int(c): np.flatnonzero(cams == c) for c in np.unique(cams)}
 
 
-__all__ = ["RowFilter", "camera_groups", "parse_cameras", "parse_time"]
+__all__ = ["RowFilter", "camera_groups", "parse_cameras", "parse_time", "warn_missing"]

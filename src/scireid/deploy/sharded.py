@@ -94,10 +94,14 @@ def _search_shard(path: str, q: np.ndarray, k: int, row_filter: RowFilter | None
                   exclude_camids: list[int] | None):
     _threads()
     idx = _loaded(path)
-    keep = row_filter.mask(idx.rows) if row_filter is not None and row_filter.active else None
+    counts: dict[str, list[int]] = {}
+    keep = row_filter.mask(idx.rows, counts) if row_filter is not None and row_filter.active else None
+    if exclude_camids is not None:  # rows without a camera are kept; the client counts them over all shards
+        live = [r for r in idx.rows if r is not None]
+        counts["--exclude-same-camera"] = [sum(1 for r in live if r.get("camid", -1) < 0), len(live)]
     s, i = idx.search(q, k, exclude_camids=exclude_camids, keep=keep)
     rows = {int(j): idx.rows[j] for j in np.unique(i[i >= 0])}
-    return s, i, rows
+    return s, i, rows, counts
 
 
 # ---------------------------------------------------------------------- the client side
@@ -315,12 +319,22 @@ class ShardedIndex:
         if down:
             log.warning("partial result: %d of %d shards did not answer (%s)", len(down), self.n_shards,
                         "; ".join(f"shard {s}: {why}" for s, why in sorted(down.items())))
-        S, scores, ids, self._rows = self.n_shards, [], [], {}
-        for s, (sc, li, rows) in sorted(res.items()):
+        S, scores, ids, self._rows, counts = self.n_shards, [], [], {}, {}
+        for s, (sc, li, rows, c) in sorted(res.items()):
+            for key, (m, t) in c.items():
+                counts[key] = [counts.get(key, [0, 0])[0] + m, counts.get(key, [0, 0])[1] + t]
             gi = np.where(li >= 0, li * S + s, -1)
             scores.append(np.where(li >= 0, sc, -np.inf))
             ids.append(gi)
             self._rows.update({j * S + s: r for j, r in rows.items()})
+        cams = counts.pop("--exclude-same-camera", None)
+        if cams and cams[1] and cams[0] == cams[1]:
+            raise UserError(f"--exclude-same-camera: the index {self.folder} knows no camera for any of its rows; "
+                            f"rebuild it from files named by a dataset scheme or a CSV manifest with a camid column")
+        if cams and cams[0]:
+            log.warning("--exclude-same-camera: %d of %d gallery rows have no camera and are always kept", *cams)
+        from .filters import warn_missing
+        warn_missing(counts)
         if not ids:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         sc, gi = np.concatenate(scores, 1), np.concatenate(ids, 1)
