@@ -9,15 +9,9 @@ import sys
 from .cli_checks import NUMERIC_OPTIONS, OneLineParser, check_numbers, check_output_paths  # noqa: F401 (NUMERIC_OPTIONS: re-exported)
 from .cli_index import _cluster_args, _cmd_index_add, cmd_index, cmd_index_remove, cmd_search
 from .errors import UserError
+from .logs import setup_logging as _setup_logging
 
 log = logging.getLogger("scireid")
-
-
-def _setup_logging(verbose: bool) -> None:
-    # our messages at INFO; other libraries' (open_clip logs to the root logger) only from WARNING up
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
-    logging.getLogger("scireid").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def cmd_stats(a) -> int:

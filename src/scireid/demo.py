@@ -120,9 +120,9 @@ def _worker_init(threads: int, verbose: bool) -> None:
     """A run in its own process: its share of the cores, and our log lines on stderr."""
     import torch
 
-    from .cli import _setup_logging
+    from .logs import setup_logging
     torch.set_num_threads(threads)
-    _setup_logging(False)
+    setup_logging(False)
     if not verbose:
         logging.getLogger("scireid").setLevel(logging.WARNING)
 
