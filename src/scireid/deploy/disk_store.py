@@ -141,8 +141,13 @@ def rows_of(store: "VectorFile", ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def rerank(store: "VectorFile", q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner products of each query with its candidates (-1: none), the best ``k``."""
+def rerank(store: "VectorFile", q: np.ndarray, cand: np.ndarray, k: int, block: int = 16
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner products of each query with its candidates (-1: none), the best ``k``; queries in blocks,
+    so that a deep candidate list never makes a (queries x candidates x dim) array of gigabytes."""
+    if len(q) > block:
+        parts = [rerank(store, q[s:s + block], cand[s:s + block], k, block) for s in range(0, len(q), block)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     uniq, inv = np.unique(cand[cand >= 0], return_inverse=True)
     vecs = rows_of(store, uniq)
     pos = np.full(cand.shape, -1, np.int64)

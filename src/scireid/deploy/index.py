@@ -262,8 +262,15 @@ class Index:
         while True:
             set_knob(self.index, self.kind, value)
             rec = cal.recall(self)  # through _search: pca-ivf-disk re-ranks there
-            steps.append([value, rec])
-            if rec >= target or value >= top:
+            steps.append([value, rec] + ([self.params["k_factor"]] if self.kind == "pca-ivf-disk" else []))
+            if rec >= target:
+                break
+            if self.kind == "pca-ivf-disk" and self.params["k_factor"] < 640 and (
+                    value >= top or len(steps) > 1 and rec - steps[-2][1] < 0.003):
+                # more lists no longer help: the PCA ranking is the limit, so re-rank more candidates
+                self.params["k_factor"] *= 2
+                continue
+            if value >= top:
                 break
             value = min(2 * value, top)
         self.params[knob] = value
