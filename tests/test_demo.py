@@ -89,3 +89,10 @@ def test_paired_differences_by_hand():
     # the unpaired seed spread (10 points for each table) would call +2 noise; pairing removes the shared part
     single = paired_differences({"baseline": {0: res(10.0)}, "full": {0: res(12.0)}}, [0])
     assert single[0]["verdict"].startswith("single seed")
+
+
+def test_demo_seeds_option():
+    from scireid.demo import demo_seeds
+    assert demo_seeds(3, quick=False) == [3, 4, 5]
+    assert demo_seeds(0, quick=False, n_seeds=6) == [0, 1, 2, 3, 4, 5]
+    assert demo_seeds(2, quick=True, n_seeds=6) == [2]
