@@ -86,7 +86,7 @@ def cmd_index(a) -> int:
             _, side, s = _embed_for_index(a, items, out / "vectors.npy", be, dtype="float16")
             idx = Index.build_from_file(out / "vectors.npy", side["rows"], side["fingerprint"], model=str(a.model),
                                         recall=a.recall)
-            idx.params["store"]["path"] = "vectors.npy"  # relative: the index folder may be moved
+            idx.params["vector_file"]["path"] = "vectors.npy"  # relative: the index folder may be moved
             idx.params["jobs"] = [job]
             idx.save(out)
         else:

@@ -165,7 +165,7 @@ class Index:
         """The index's parameters without the tuning measurements."""
         return {k: v for k, v in self.params.items()
                 if k not in ("recall@10_vs_exact", "target_recall", "tuning", "calibration", "recall_measured_at_rows",
-                             "scores", "jobs", "store", "removed")}
+                             "scores", "jobs", "vector_file", "removed")}
 
     @classmethod
     def build(cls, feats: np.ndarray, rows: list[dict], fingerprint: str, kind: str = "exact", model: str = "",
@@ -241,7 +241,7 @@ class Index:
         disk_store.train(idx, store, params["nlist"])
         out = cls(idx, kind, dim, fingerprint, rows, params, model)
         out.store, out.store_path = store, str(Path(path).resolve())
-        out.params["store"] = disk_store.store_check(path)
+        out.params["vector_file"] = disk_store.store_check(path)
         out._insert(store, order[:n - n_cal], 0, chunk=disk_store.CHUNK)
         if cal is not None:
             out.tune(cal, recall)
@@ -444,7 +444,8 @@ class Index:
                 self.store = None
                 zero_rows(self.store_path, ids)
                 self.store = open_store(self.store_path)
-                self.params["store"] = store_check(self.store_path) | {"path": self.params["store"]["path"]}
+                where = self.params["vector_file"]["path"]  # as recorded: relative when inside the index folder
+                self.params["vector_file"] = store_check(self.store_path) | {"path": where}
         else:
             live[ids] = False
             left = np.flatnonzero(live)
@@ -586,7 +587,7 @@ class Index:
         out = cls(idx, kind, dim, fp, rows, params, meta.get("model", ""))
         if kind == "pca-ivf-disk":  # a relative path is inside the index folder (the folder may move)
             from .disk_store import verify_store
-            meta = dict(params.get("store") or {"path": "?", "size": -1, "header_sha256": ""})
+            meta = dict(params.get("vector_file") or {"path": "?", "size": -1, "header_sha256": ""})
             meta["path"] = str(folder / meta["path"]) if not Path(meta["path"]).is_absolute() else meta["path"]
             out.store, out.store_path = verify_store(meta), meta["path"]
         if (files / "calibration.npz").is_file():
