@@ -122,7 +122,7 @@ def _build_or_add(a, out, items, be, job, client, idx):
             idx.add(feats, side["rows"], side["fingerprint"], job=job)
         else:
             idx.add(feats, side["rows"], side["fingerprint"])
-        if not is_sharded(out) or a.icmd == "build" and client is None:
+        if client is None:  # one process; a sharded index's shards save themselves
             idx.params["jobs"] = [*idx.params.get("jobs", []), job]
             idx.save(out)
     return idx, s

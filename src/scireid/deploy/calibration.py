@@ -23,6 +23,20 @@ def exact_topk(feats: np.ndarray, queries: np.ndarray, k: int, chunk: int = 100_
     return (best_i, best_s) if scores else best_i
 
 
+class StoredRows:
+    """Rows ``ids`` of an index's stored vectors, read a slice at a time: ``exact_topk`` over a subset of a
+    gallery that may not fit in RAM. Positions returned by ``exact_topk`` index ``ids``."""
+
+    def __init__(self, index, ids: np.ndarray):
+        self.index, self.ids = index, np.asarray(ids, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.index.vectors(self.ids[rows])
+
+
 class Calibration:
     """Queries an approximate index's recall@10 is tuned and reported on, with their exact top-k.
 
@@ -110,16 +124,9 @@ class Calibration:
             return
         live = np.flatnonzero(index.live_mask())
         gallery = np.setdiff1d(live, self.qi)
-        k = min(self.k, len(gallery))
-        best_s = np.full((len(self.q), 0), -np.inf, np.float32)
-        best_i = np.zeros((len(self.q), 0), np.int64)
-        for s in range(0, len(gallery), 200_000):  # the stored vectors in chunks: a gallery may exceed RAM
-            part = gallery[s:s + 200_000]
-            ti, ts = exact_topk(index.vectors(part), self.q, k, scores=True)
-            cs, ci = np.concatenate([best_s, ts], 1), np.concatenate([best_i, part[ti]], 1)
-            top = np.argsort(-cs, axis=1, kind="stable")[:, :k]
-            best_s, best_i = np.take_along_axis(cs, top, 1), np.take_along_axis(ci, top, 1)
-        self.truth_i, self.truth_s = best_i, best_s
+        ti, self.truth_s = exact_topk(StoredRows(index, gallery), self.q, min(self.k, len(gallery)), chunk=200_000,
+                                      scores=True)  # in chunks: a gallery may exceed RAM
+        self.truth_i = gallery[ti]
 
     def save(self, path: Path) -> None:
         with open(path, "wb") as f:
@@ -138,4 +145,4 @@ class Calibration:
         return c
 
 
-__all__ = ["Calibration", "exact_topk"]
+__all__ = ["Calibration", "StoredRows", "exact_topk"]

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import UserError
 from ..io_utils import atomic_write_json, atomic_write_text
 from .backend import check_fingerprint, file_hash
-from .calibration import Calibration, exact_topk
+from .calibration import Calibration, StoredRows, exact_topk
 from .filters import camera_groups
 from .inputs import Item
 
@@ -139,10 +139,10 @@ class Index:
                  model: str = ""):
         self.index, self.kind, self.dim, self.fingerprint = faiss_index, kind, dim, fingerprint
         self.rows, self.params, self.model = rows, params, model  # rows[i] is None once row i is removed
-        self.cal: Calibration | None = None
+        self.cal: Calibration | None = None  # approximate kinds: the queries their recall is measured with
         self._pos: np.ndarray | None = None  # row id -> position in the stored vectors (ID-mapped kinds)
         self.store = None  # pca-ivf-disk: the vector file (disk_store.VectorFile), read in place
-        self.store_path = ""  # approximate kinds: the queries their recall is measured with
+        self.store_path = ""
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -204,16 +204,20 @@ class Index:
             if cal is None or out.tune(cal, recall) >= recall or pca_dim == pca_dims[-1]:
                 break
         if cal is not None:
-            out._insert(feats, order[len(feats) - n_cal:], 0)
-            out.cal = cal
-            out.params["calibration"] = cal.how
-            out.params["recall_measured_at_rows"] = len(feats) - n_cal
+            out._add_held_out(cal, feats, order[len(feats) - n_cal:], recall)
             if kind == "ivf-pq":
                 out.params["scores"] = "approximate (product-quantised codes), not exact cosines"
-            if out.params["recall@10_vs_exact"] < recall:
-                log.warning("%s index: recall@10 vs exact %.3f at the largest setting, below the target %.2f",
-                            kind, out.params["recall@10_vs_exact"], recall)
         return out
+
+    def _add_held_out(self, cal: Calibration, feats, held: np.ndarray, recall: float) -> None:
+        """After tuning: the calibration rows join the index, and the recall they measured is recorded."""
+        self._insert(feats, held, 0)
+        self.cal = cal
+        self.params["calibration"] = cal.how
+        self.params["recall_measured_at_rows"] = len(self) - len(held)
+        if self.params["recall@10_vs_exact"] < recall:
+            log.warning("%s index: recall@10 vs exact %.3f at the largest setting, below the target %.2f",
+                        self.kind, self.params["recall@10_vs_exact"], recall)
 
     @classmethod
     def build_from_file(cls, path: str | Path, rows: list[dict] | None, fingerprint: str, kind: str = "pca-ivf-disk",
@@ -245,13 +249,7 @@ class Index:
         out._insert(store, order[:n - n_cal], 0, chunk=disk_store.CHUNK)
         if cal is not None:
             out.tune(cal, recall)
-            out._insert(store, order[n - n_cal:], 0)
-            out.cal = cal
-            out.params["calibration"] = cal.how
-            out.params["recall_measured_at_rows"] = n - n_cal
-            if out.params["recall@10_vs_exact"] < recall:
-                log.warning("%s index: recall@10 vs exact %.3f at the largest setting, below the target %.2f",
-                            kind, out.params["recall@10_vs_exact"], recall)
+            out._add_held_out(cal, store, order[n - n_cal:], recall)
         return out
 
     def tune(self, cal: "Calibration", target: float) -> float:
@@ -356,15 +354,8 @@ class Index:
                 return np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
             log.info("filter keeps %d rows; the tuned search found fewer than %d of them, brute force over them",
                      n_pass, k)
-        out_i, out_s = [], []
-        for s0 in range(0, len(brute), BRUTE_FORCE_ROWS):
-            part = brute[s0:s0 + BRUTE_FORCE_ROWS]
-            ti, ts = exact_topk(self.vectors(part), q, k, scores=True)
-            out_i.append(part[ti])
-            out_s.append(ts)
-        s, i = np.concatenate(out_s, 1), np.concatenate(out_i, 1)
-        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+        ti, ts = exact_topk(StoredRows(self, brute), q, k, chunk=BRUTE_FORCE_ROWS, scores=True)
+        return ts, brute[ti]
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "pca-ivf-disk":  # candidates from the lists, ranked on the stored vectors
@@ -440,10 +431,8 @@ class Index:
                 ivf.set_direct_map_type(faiss.DirectMap.NoMap)
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
             if self.store is not None:  # the vectors too, in place (the file is the index's only copy)
-                from .disk_store import open_store, store_check, zero_rows
-                self.store = None
-                zero_rows(self.store_path, ids)
-                self.store = open_store(self.store_path)
+                from .disk_store import store_check, zero_rows
+                zero_rows(self.store_path, ids)  # VectorFile reads with pread: it sees the zeros, no reopening
                 where = self.params["vector_file"]["path"]  # as recorded: relative when inside the index folder
                 self.params["vector_file"] = store_check(self.store_path) | {"path": where}
         else:

@@ -224,8 +224,7 @@ class ShardedIndex:
         folder.mkdir(parents=True, exist_ok=True)
         manifest = {"engine": "dask", "shards": shards, "kind": kind, "dim": int(feats.shape[1]),
                     "fingerprint": fingerprint, "model": model, "count": 0, "next_id": len(rows), "params": {}}
-        self = cls.__new__(cls)
-        self.__init__(folder, manifest, client)
+        self = cls(folder, manifest, client)
         per = {s: (self.shard_path(s), np.ascontiguousarray(feats[s::shards], np.float32), list(rows[s::shards]),
                    fingerprint, kind, model, recall, job) for s in range(shards)}
         res, _ = self._run(_build_shard, per, timeout)
