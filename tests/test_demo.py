@@ -9,7 +9,7 @@ from scireid.cli import main
 
 def test_reduced_full_demo_report(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--ids", "8", "--seed", "3", "stage1.epochs=1", "stage2.epochs=1",
+    args = ["demo", "--out", str(out), "--ids", "8", "--seed", "3", "--seeds", "3", "stage1.epochs=1", "stage2.epochs=1",
             "stage2.eval_every=1", "run.max_steps_per_epoch=2", "stage2.cal_start_epoch=0", "model.arch=tiny-rn",
             "model.weights=none"]
     assert main(args) == 0
@@ -18,18 +18,21 @@ def test_reduced_full_demo_report(tmp_path):
         raise ValueError(f"{name} in report.json")
     rep = json.loads((out / "report.json").read_text(), parse_constant=strict)  # no NaN: browsers and jq read it
     assert rep["seeds"] == [3, 4, 5] and not rep["quick"]
+    # the ablation rows train the first two seeds (--ablation-seeds, default 2), the baseline and SCI all three
+    n_seeds = {"zero-shot": 3, "baseline": 3, "sse": 2, "sim": 2, "full": 3}
+    assert rep["variant_seeds"] == {"baseline": [3, 4, 5], "sse": [3, 4], "sim": [3, 4], "full": [3, 4, 5]}
     assert set(rep["table"]) == {"zero-shot", "baseline", "sse", "sim", "full"}
     for v, t in rep["table"].items():
         for setting in ("general", "cloth-changing"):
             for m in ("R-1", "mAP"):
-                assert len(t[setting][m]["values"]) == 3
+                assert len(t[setting][m]["values"]) == n_seeds[v]
                 assert all(math.isfinite(x) for x in t[setting][m]["values"])
                 assert math.isfinite(t[setting][m]["std"])
     assert {d["variant"] for d in rep["differences_vs_baseline"]} == {"sse", "sim", "full"}
     assert all("spread of the paired differences" in d["verdict"] for d in rep["differences_vs_baseline"])
     for d in rep["differences_vs_baseline"]:  # paired by seed: the per-seed differences of the two tables
         v, b = rep["table"][d["variant"]][d["setting"]][d["metric"]], rep["table"]["baseline"][d["setting"]][d["metric"]]
-        assert d["per_seed"] == [x - y for x, y in zip(v["values"], b["values"])]
+        assert d["per_seed"] == [x - y for x, y in zip(v["values"], b["values"])]  # the ablations' seeds come first
     assert set(rep["val_table"]) == {"zero-shot", "baseline", "sse", "sim", "full"}  # the synthetic set has val/
     md = (out / "report.md").read_text()
     for row in ("Baseline (CLIP-ReID)", "+ SSE", "+ SIM", "SCI (SSE + SIM + CAL)", "cloth-changing R-1", "curves.png"):
@@ -41,11 +44,11 @@ def test_reduced_full_demo_report(tmp_path):
     iv = {(d["variant"], d["split"], d["setting"], d["metric"]): d for d in rep["paired_intervals"]}
     assert len(iv) == 3 * 2 * 2 * 2
     for (v, split, st, m), d in iv.items():
-        assert d["low"] <= d["mean"] + 1e-9 and d["mean"] <= d["high"] + 1e-9 and d["seeds"] == 3
+        assert d["low"] <= d["mean"] + 1e-9 and d["mean"] <= d["high"] + 1e-9 and d["seeds"] == n_seeds[v]
         table = rep["table"] if split == "test" else rep["val_table"]
         # query-by-query means are the table's own numbers: the paired mean is the mean of the per-seed differences
         diffs = [a - b for a, b in zip(table[v][st][m]["values"], table["baseline"][st][m]["values"])]
-        assert abs(d["mean"] - sum(diffs) / 3) < 1e-6
+        assert abs(d["mean"] - sum(diffs) / n_seeds[v]) < 1e-6
     claims = {c["claim"]: c for c in rep["claims"]}
     assert len(claims) == 6 and all(c["verdicts"] for c in claims.values())
     assert set(claims["SIM moves p'"]["cells"]["full"]["values"]) and claims["SIM moves p'"]["cells"]["baseline"] is None
@@ -93,6 +96,12 @@ def test_paired_differences_by_hand():
 
 def test_demo_seeds_option():
     from scireid.demo import demo_seeds
-    assert demo_seeds(3, quick=False) == [3, 4, 5]
-    assert demo_seeds(0, quick=False, n_seeds=6) == [0, 1, 2, 3, 4, 5]
+    assert demo_seeds(3, quick=False, n_seeds=3) == [3, 4, 5]
+    assert demo_seeds(0, quick=False) == [0, 1, 2, 3, 4, 5]
     assert demo_seeds(2, quick=True, n_seeds=6) == [2]
+    from scireid.demo import demo_runs
+    runs = demo_runs([0, 1, 2, 3, 4, 5], quick=False)
+    assert [s for v, s in runs if v == "full"] == [0, 1, 2, 3, 4, 5] == [s for v, s in runs if v == "baseline"]
+    assert [s for v, s in runs if v == "sse"] == [0, 1] == [s for v, s in runs if v == "sim"]
+    assert demo_runs([7], quick=True) == [("baseline", 7), ("full", 7)]
+    assert len(demo_runs([0, 1, 2], quick=False, ablation_seeds=3)) == 12

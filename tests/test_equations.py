@@ -245,3 +245,25 @@ def test_balanced_test_feature_weighs_both_halves_equally():
     ref = torch.cat([g, p], 1) / math.sqrt(2)
     torch.testing.assert_close(f.double(), ref, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(f[:, :dg].norm(dim=1), f[:, dg:].norm(dim=1))
+
+
+def test_stage_adam_is_adam_with_l2_decay_float64():
+    """The engine's (fused) Adam against Adam written out by hand (Kingma & Ba, with CLIP-ReID's L2 weight
+    decay added to the gradient), in float64: equal to the last bit's neighbourhood over 20 steps."""
+    from scireid.engine.tasks import adam
+
+    torch.manual_seed(0)
+    w0 = torch.randn(7, 5, dtype=torch.float64)
+    p = torch.nn.Parameter(w0.clone())
+    opt = adam([{"params": [p]}], lr=1e-2, weight_decay=5e-4)
+    w, m, v = w0.numpy().copy(), np.zeros((7, 5)), np.zeros((7, 5))
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t in range(1, 21):
+        g = torch.randn(7, 5, dtype=torch.float64)
+        p.grad = g.clone()
+        opt.step()
+        gn = g.numpy() + 5e-4 * w
+        m = b1 * m + (1 - b1) * gn
+        v = b2 * v + (1 - b2) * gn * gn
+        w = w - 1e-2 * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    np.testing.assert_allclose(p.detach().numpy(), w, rtol=0, atol=1e-13)

@@ -144,3 +144,35 @@ def test_text_encoder_equals_encode_text():
     assert m.id_prompts.ctx.shape == (3, 4, 64) and m.clothes_prompts.ctx.shape == (4, 4, 64)
     fresh = build_model(ModelSpec("tiny-rn", 300, 4, 128, 64)).id_prompts.ctx
     assert abs(fresh.std().item() - 0.02) < 0.001  # N(0, 0.02)
+
+
+def test_variants_share_the_init_of_their_common_modules():
+    """SSE's clothes prompts and SIM draw from their own streams: a variant's classifiers and BNNecks start
+    where the same seed's baseline starts, so paired differences are not init draws."""
+    from scireid.models.sci import ModelSpec, SCIModel
+
+    base = dict(arch="tiny-rn", num_pids=5, num_clothes=9, height=64, width=32)
+    models = {}
+    for name, extra in {"baseline": {"sse": False, "sim": False}, "full": {}}.items():
+        torch.manual_seed(7)
+        models[name] = SCIModel(ModelSpec(**base, **extra))
+    b, f = (dict(m.named_parameters()) for m in models.values())
+    for n in ("classifier.weight", "classifier_proj.weight", "clothes_classifier.weight", "id_prompts.ctx"):
+        assert torch.equal(b[n], f[n]), n
+    assert "sim.gamma" in f and "clothes_prompts.ctx" in f
+
+
+def test_prompts_cut_at_eot_give_the_full_context_feature():
+    """PromptLearner's prompts stop at the EOT token; under the causal mask the EOT feature equals the one
+    computed over the whole padded context (float64)."""
+    from scireid.models.sci import ModelSpec, SCIModel
+
+    torch.manual_seed(0)
+    m = SCIModel(ModelSpec("tiny-rn", 3, 4, 64, 32, sse=False, sim=False)).double()
+    labels = torch.tensor([0, 2, 1])
+    prompts, tok = m.id_prompts(labels)
+    full_len = m.text.positional_embedding.shape[0]
+    assert prompts.shape[1] == tok.shape[1] < full_len
+    pad = torch.zeros(3, full_len - prompts.shape[1], prompts.shape[2], dtype=prompts.dtype)
+    full = m.text(torch.cat([prompts, pad], 1), torch.cat([tok, torch.zeros(3, full_len - tok.shape[1], dtype=tok.dtype)], 1))
+    torch.testing.assert_close(m.text(prompts, tok), full, rtol=0, atol=1e-12)

@@ -58,3 +58,22 @@ def test_transforms_and_reader(tmp_path):
     assert tr(read_image(str(p))).shape == (3, 32, 16)
     with pytest.raises(ImageReadError, match="missing.png"):
         read_image(str(tmp_path / "missing.png"))
+
+
+def test_seeded_augmentation_draws_only_from_the_seed(tmp_path):
+    """(index, seed) keys: the same seed gives the same augmented tensor as seeding torch's global generator
+    the classic way, and the caller's own random stream is left where it was."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    p = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(p)
+    tr = build_transforms(64, 32, [0.5] * 3, [0.5] * 3, train=True, padding=4, erasing_prob=0.5)
+    ds = ImageDataset([Record(str(p), 0, 0, 0)], tr)
+    for seed in range(6):
+        torch.manual_seed(123)
+        got = ds[(0, seed)][0]
+        after = torch.rand(1)
+        torch.manual_seed(seed)
+        ref = tr(read_image(str(p)))
+        torch.manual_seed(123)
+        assert torch.equal(got, ref) and torch.equal(after, torch.rand(1))

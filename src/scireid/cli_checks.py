@@ -10,7 +10,8 @@ import argparse
 NUMERIC_OPTIONS: dict[str, tuple[float, float]] = {
     "topk": (1, 100_000), "queries": (1, 100_000), "batch": (1, 65_536), "chunk": (1, 10_000_000),
     "workers": (0, 256), "ids": (1, 1_000_000), "jobs": (0, 256), "test_ids": (1, 1_000_000),
-    "val_ids": (0, 1_000_000), "pid": (0, 2 ** 31 - 1), "seeds": (1, 100), "seed": (0, 2 ** 32 - 1), "images": (1, 100_000_000),
+    "val_ids": (0, 1_000_000), "pid": (0, 2 ** 31 - 1), "seeds": (1, 100), "ablation_seeds": (0, 100),
+    "seed": (0, 2 ** 32 - 1), "images": (1, 100_000_000),
     "epochs": (1, 100_000),
     "recall": (0.01, 1.0), "shards": (1, 4096), "shard_timeout": (0.01, 86_400), "opset": (1, 100), "static_batch": (1, 65_536),
 }

@@ -10,10 +10,17 @@ VARIANT_ROWS = {"zero-shot": "CLIP zero-shot (no ReID training)", "baseline": "B
 SETTINGS = ("general", "cloth-changing")
 
 
+def _ablation_seeds(rep: dict[str, Any]) -> str:
+    """The ablation rows' seeds where they are fewer than the baseline's and SCI's."""
+    vs = rep.get("variant_seeds") or {}
+    parts = [f"{VARIANT_ROWS[v]}: seeds {vs[v]}" for v in ("sse", "sim") if v in vs and len(vs[v]) < len(rep["seeds"])]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def render_markdown(rep: dict[str, Any]) -> str:
     seeds = rep["seeds"]
     L = ["# scireid demo: CLIP-ReID baseline vs SCI on synthetic cloth-changing data", "",
-         f"Mode: {'quick' if rep['quick'] else 'full'}; seeds {seeds}; CLIP `{rep['arch']}` with weights "
+         f"Mode: {'quick' if rep['quick'] else 'full'}; seeds {seeds}{_ablation_seeds(rep)}; CLIP `{rep['arch']}` with weights "
          f"`{rep['weights']}`, {rep['input']} input, the same recipe for every variant. "
          f"Total time {rep['total_s'] / 60:.1f} min" + (f" for this call, which reused {rep['cached_runs']} finished "
                                                          f"runs (their own times are below)" if rep.get("cached_runs")

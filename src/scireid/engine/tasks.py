@@ -25,6 +25,15 @@ def _set_lr(opt: torch.optim.Optimizer, lr_of_group: Callable[[dict], float]) ->
         g["lr"] = lr_of_group(g)
 
 
+def adam(params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """CLIP-ReID's Adam, fused into one kernel per step where torch has one (CPU, CUDA): the same update
+    (bitwise in float64, within an ulp in float32), without a Python loop over ~70 tensors (a fifth of the
+    CPU demo's step)."""
+    flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in flat)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 class Stage1Task:
     """Prompt learning on cached image features; only the prompt tokens learn."""
 
@@ -39,7 +48,7 @@ class Stage1Task:
         params = [model.id_prompts.ctx] + ([model.clothes_prompts.ctx] if model.spec.sse else [])
         for p in params:
             p.requires_grad_(True)
-        self.opt = torch.optim.Adam(params, lr=self.c.lr, weight_decay=self.c.weight_decay)
+        self.opt = adam(params, lr=self.c.lr, weight_decay=self.c.weight_decay)
         self._order: list[torch.Tensor] = []
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -115,8 +124,8 @@ class Stage2Task:
                   {"params": biases, "base_lr": self.c.lr * self.c.bias_lr_factor}]
         if gate:  # SIM's gate: its own lr factor, no weight decay (Stage2Config.gate_lr_factor)
             groups.append({"params": gate, "base_lr": self.c.lr * self.c.gate_lr_factor, "weight_decay": 0.0})
-        self.opt = torch.optim.Adam(groups, lr=self.c.lr, weight_decay=self.c.weight_decay)
-        self.opt_cc = torch.optim.Adam(model.clothes_classifier.parameters(), lr=self.c.cal_lr,
+        self.opt = adam(groups, lr=self.c.lr, weight_decay=self.c.weight_decay)
+        self.opt_cc = adam(list(model.clothes_classifier.parameters()), lr=self.c.cal_lr,
                                        weight_decay=self.c.weight_decay)
         d = cfg.data
         self.sampler = PKSampler([r.pid for r in ds.train], self.c.batch_size, d.num_instances,

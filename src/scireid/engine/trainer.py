@@ -6,8 +6,9 @@ import os
 import platform
 import random
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -115,12 +116,25 @@ def train(cfg: Config, stage: str = "all", resume: bool = False) -> dict[str, An
     validate_config(cfg)
     ctx = setup(cfg.run.device)
     if not ctx.is_main:
-        return _train(cfg, stage, resume, ctx)
+        with flush_denormal(cfg.run.flush_denormal):
+            return _train(cfg, stage, resume, ctx)
     check_out_dir(cfg.run.out, resume=resume)
-    with RunLock(cfg.run.out):
+    with RunLock(cfg.run.out), flush_denormal(cfg.run.flush_denormal):
         from .rundir import clean_leftovers
         clean_leftovers(cfg.run.out)
         return _train(cfg, stage, resume, ctx)
+
+
+@contextmanager
+def flush_denormal(on: bool) -> Iterator[None]:
+    """Subnormal floats as zero on CPU for the block (``run.flush_denormal``); torch's default (off) after it."""
+    if on:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if on:
+            torch.set_flush_denormal(False)
 
 
 def _train(cfg: Config, stage: str, resume: bool, ctx: DistContext) -> dict[str, Any]:

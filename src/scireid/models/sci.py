@@ -1,7 +1,9 @@
 """The SCI model. With ``sse`` and ``sim`` off it computes CLIP-ReID's forward exactly."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,15 @@ def spec_from_meta(meta: dict, where: object) -> ModelSpec:
                               f"{need}); expected a checkpoint written by scireid train") from None
 
 
+@contextmanager
+def _own_stream(k: int) -> Iterator[None]:
+    """Run a block on the CPU generator seeded from the run's seed and ``k``; the outer stream is left untouched."""
+    seed = (torch.initial_seed() * 1_000_003 + k) % 2**63
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 def _bn_neck(dim: int) -> nn.BatchNorm1d:
     bn = nn.BatchNorm1d(dim)
     bn.bias.requires_grad_(False)  # BNNeck: no shift
@@ -91,12 +102,17 @@ class SCIModel(nn.Module):
         ctx_len = clip.positional_embedding.shape[0]
         self.id_prompts = PromptLearner(spec.num_pids, self.token_embedding, *ID_PROMPT, n_ctx=spec.n_ctx,
                                         context_length=ctx_len)
-        self.clothes_prompts = (PromptLearner(spec.num_clothes, self.token_embedding, *CLOTHES_PROMPT,
-                                              n_ctx=spec.n_ctx, context_length=ctx_len)
-                                if spec.sse else None)
+        # The optional modules draw their initial values from their own seeded stream, so the modules every
+        # variant shares (BNNecks, classifiers) start from the same values as the baseline's of the same seed:
+        # paired comparisons (SCI - baseline per seed) then differ by the mechanism, not by the init draw.
+        with _own_stream(1):
+            self.clothes_prompts = (PromptLearner(spec.num_clothes, self.token_embedding, *CLOTHES_PROMPT,
+                                                  n_ctx=spec.n_ctx, context_length=ctx_len)
+                                    if spec.sse else None)
         v = self.visual
-        self.sim = SIM(v.map_dim, v.proj_dim, spec.sim_attention, spec.sim_pooling, spec.sim_heads,
-                       spec.sim_residual, spec.sim_gate, spec.sim_gate_init) if spec.sim else None
+        with _own_stream(2):
+            self.sim = SIM(v.map_dim, v.proj_dim, spec.sim_attention, spec.sim_pooling, spec.sim_heads,
+                           spec.sim_residual, spec.sim_gate, spec.sim_gate_init) if spec.sim else None
         # per-identity text prototypes (T_ort with SSE, else T_id), fixed after stage 1
         self.register_buffer("prototypes", torch.zeros(spec.num_pids, v.proj_dim))
         self.bottleneck = _bn_neck(v.map_dim)

@@ -17,8 +17,11 @@ class TextEncoder(nn.Module):
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
 
     def forward(self, prompts: torch.Tensor, tokenized: torch.Tensor) -> torch.Tensor:
-        x = prompts + self.positional_embedding.to(prompts.dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)  # open_clip's blocks are batch-first
+        """``prompts`` may stop at the EOT token (PromptLearner's do): under the causal mask no later position
+        reaches it, so the EOT feature is the same, at a fraction of the full context's cost."""
+        n = prompts.shape[1]
+        x = prompts + self.positional_embedding[:n].to(prompts.dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask[:n, :n])  # open_clip's blocks are batch-first
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), tokenized.argmax(-1)]  # EOT has the largest id
         proj = self.text_projection
@@ -41,7 +44,9 @@ class PromptLearner(nn.Module):
         self.n_prefix = len(tok.encode(prefix))
         self.n_ctx = n_ctx
         text = f"{prefix} {' '.join(['X'] * n_ctx)} {suffix}"
-        self.register_buffer("tokenized", tok([text], context_length=context_length), persistent=False)
+        tokenized = tok([text], context_length=context_length)
+        # up to the EOT token (the largest id): the positions after it cannot reach it (TextEncoder.forward)
+        self.register_buffer("tokenized", tokenized[:, :int(tokenized.argmax(-1)) + 1], persistent=False)
         self.template = text
         self.token_embedding = [token_embedding]  # a list: shared, not registered twice
         dim = token_embedding.weight.shape[1]
