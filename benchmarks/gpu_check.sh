@@ -9,6 +9,8 @@ fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 { nvidia-smi -L; python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name(0))"; } 2>&1 | tee "$OUT/env.txt"
 echo "== train step (bf16, batch 64)"; timeout 240 python3 benchmarks/train_step.py --device cuda --no-write 2>&1 | tee "$OUT/train_step.txt" | tail -12
+echo "== end-to-end training speed (LTCC-shaped tree, baseline and SCI, loader / trunk / step / stages, peak memory)"
+timeout 420 python3 benchmarks/train_e2e.py --device cuda --no-write 2>&1 | tee "$OUT/train_e2e.txt" | tail -14
 echo "== end-to-end smoke on cuda"
 timeout 150 python3 -m scireid.cli synth /tmp/gsyn --ids 16 --seed 1 > "$OUT/smoke.txt" 2>&1
 timeout 150 python3 -m scireid.cli train synthetic --out /tmp/grun data.root=/tmp/gsyn run.device=cuda stage1.epochs=2 stage2.epochs=3 stage2.eval_every=1 stage2.cal_start_epoch=1 >> "$OUT/smoke.txt" 2>&1

@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                    # CPU: batch 16, fp32
     python benchmarks/train_step.py --device cuda      # GPU: batch 64, bf16 autocast, peak memory
+    python benchmarks/train_step.py --preset synthetic --threads 1   # the CPU demo's step: synth-clip, 64x32, batch 32
 
 The step is the engine's own (Stage2Task.step + the optimizer step), on random images and a
 random-init RN50 (throughput does not depend on the weights); SCI's step includes SIM and CAL
@@ -33,7 +34,8 @@ def fake_dataset(n_ids: int = 77, clothes_per_id: int = 4):
     return ReIDDataset("bench", "/nonexistent", train, [], [])
 
 
-def measure(variant: str, device: str, batch: int, steps: int, warmup: int, compile_: bool) -> dict:
+def measure(variant: str, device: str, batch: int, steps: int, warmup: int, compile_: bool,
+            preset: str = "ltcc") -> dict:
     from scireid.config import load_config
     from scireid.engine.distributed import DistContext
     from scireid.engine.engine import Engine
@@ -41,7 +43,7 @@ def measure(variant: str, device: str, batch: int, steps: int, warmup: int, comp
     from scireid.engine.trainer import model_spec
     from scireid.models.sci import SCIModel
 
-    cfg = load_config("ltcc", [f"stage2.batch_size={batch}", "model.weights=none", f"run.device={device}",
+    cfg = load_config(preset, [f"stage2.batch_size={batch}", "model.weights=none", f"run.device={device}",
                                "run.tensorboard=false", "data.workers=0"], variant=variant)
     ctx = DistContext(device=torch.device(device))
     ds = fake_dataset()
@@ -57,7 +59,7 @@ def measure(variant: str, device: str, batch: int, steps: int, warmup: int, comp
     task.set_epoch(epoch, 0)
     g = torch.Generator().manual_seed(0)
     pids = torch.arange(batch // 4).repeat_interleave(4)
-    batch_t = (torch.randn(batch, 3, 256, 128, generator=g), pids, torch.zeros(batch, dtype=torch.long),
+    batch_t = (torch.randn(batch, 3, cfg.data.height, cfg.data.width, generator=g), pids, torch.zeros(batch, dtype=torch.long),
                pids * 4 + torch.randint(0, 4, (batch,), generator=g), torch.arange(batch))
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -89,23 +91,32 @@ def main():
     ap.add_argument("--steps", type=int)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--preset", default="ltcc", help="ltcc (RN50 256x128) or synthetic (the CPU demo's model)")
+    ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     gpu = a.device.startswith("cuda")
-    batch = a.batch or (64 if gpu else 16)
-    steps = a.steps or (30 if gpu else 3)
+    synth = a.preset == "synthetic"
+    batch = a.batch or (64 if gpu else 32 if synth else 16)
+    steps = a.steps or (30 if gpu else 20 if synth else 3)
     torch.backends.cudnn.benchmark = True
-    res = [measure(v, a.device, batch, steps, warmup=5 if gpu else 1, compile_=a.compile) for v in ("baseline", "full")]
+    res = [measure(v, a.device, batch, steps, 5 if gpu else 1, a.compile, a.preset) for v in ("baseline", "full")]
     # interleave a second round so drift (thermal, other load) hits both variants alike
-    res2 = [measure(v, a.device, batch, steps, warmup=5 if gpu else 1, compile_=a.compile) for v in ("baseline", "full")]
+    res2 = [measure(v, a.device, batch, steps, 5 if gpu else 1, a.compile, a.preset) for v in ("baseline", "full")]
     for r, r2 in zip(res, res2):
         r["img_per_s"] = max(r["img_per_s"], r2["img_per_s"])
     overhead = res[0]["img_per_s"] / res[1]["img_per_s"] - 1
     print(json.dumps({"results": res, "sci_time_overhead": overhead}, indent=1))
     where = res[0].get("gpu") or f"{os.cpu_count()} CPU cores ({platform.machine()})"
-    cmd = "python benchmarks/train_step.py" + (f" --device {a.device}" if gpu else "") + (" --compile" if a.compile else "")
-    lines = [f"## Stage-2 training step, {'GPU' if gpu else 'CPU'} ({date.today().isoformat()})", "",
-             f"Machine: {where}; torch {torch.__version__}. Command: `{cmd}`. RN50 (random init) at 256x128, "
-             f"batch {batch}, {res[0]['dtype']}, {steps} timed steps after warm-up, best of two rounds.", "",
+    cmd = "python benchmarks/train_step.py" + (f" --device {a.device}" if gpu else "") + (
+        " --compile" if a.compile else "") + (f" --preset {a.preset}" if synth else "") + (
+        f" --threads {a.threads}" if a.threads else "")
+    model = "synth-clip (random init) at 64x32" if synth else "RN50 (random init) at 256x128"
+    title = f"Stage-2 training step{', CPU demo model' if synth else ''}, {'GPU' if gpu else 'CPU'}"
+    lines = [f"## {title} ({date.today().isoformat()})", "",
+             f"Machine: {where}; torch {torch.__version__}, {torch.get_num_threads()} thread(s). Command: `{cmd}`. "
+             f"{model}, batch {batch}, {res[0]['dtype']}, {steps} timed steps after warm-up, best of two rounds.", "",
              "| variant | images/s | peak GPU memory |", "|---|---|---|"]
     for r in res:
         mem = f"{r['peak_mem_gb']:.1f} GiB" if "peak_mem_gb" in r else "—"

@@ -54,3 +54,18 @@ def test_search_benchmark_on_embedded_features_holds_out_queries(tmp_path):
     assert g.shape == (260, 8) and q.shape == (40, 8)
     rows = {r.tobytes() for r in f}
     assert {r.tobytes() for r in g} | {r.tobytes() for r in q} == rows and not {r.tobytes() for r in g} & {r.tobytes() for r in q}
+
+
+def test_training_benchmark_tree_is_read_as_ltcc(tmp_path):
+    """benchmarks/train_e2e.py's generated tree goes through the real LTCC reader: every image kept, each query
+    identity in the gallery, train identities with several outfits and cameras."""
+    from train_e2e import make_ltcc_tree
+
+    from scireid.config import load_config
+    from scireid.data.source import load_dataset
+
+    tree = make_ltcc_tree(tmp_path / "t", train=48, query=6, gallery=18, ids=6)
+    ds = load_dataset(load_config("ltcc", [f"data.root={tree}"]))
+    assert (len(ds.train), len(ds.test)) == (48, 24) and not ds.bad_names
+    assert ds.num_train_pids == 6 and len({r.clothes for r in ds.train}) > 6
+    assert len({r.camid for r in ds.train}) == 6 and len({r.pid for r in ds.test}) == 6

@@ -37,7 +37,7 @@ def test_reduced_full_demo_report(tmp_path):
     md = (out / "report.md").read_text()
     for row in ("Baseline (CLIP-ReID)", "+ SSE", "+ SIM", "SCI (SSE + SIM + CAL)", "cloth-changing R-1", "curves.png"):
         assert row in md
-    assert "**Cloth-changing R-1.**" in md and ("cannot be told apart" in md or "of the baseline on both splits" in md
+    assert "**Cloth-changing R-1.**" in md and ("cannot be told apart" in md or "the baseline on both splits" in md
                                                 or "The splits disagree" in md or "no validation split" in md)
     assert "The paper's mechanism claims, measured" in md and "query by query, with 95% intervals" in md
     # the paired intervals: one per variant, split, setting and metric, each around its own point estimate
@@ -58,8 +58,11 @@ def test_reduced_full_demo_report(tmp_path):
     checks = rep["component_checks"]["full-seed3"]
     assert "gamma_final" in checks and "clothes_acc_last" in checks and "S_id_last" in checks
     for key in ("stage1_i2t_over_ln_batch", "decode_T_id_identity", "decode_prototype_clothes", "sim_attn_trait",
-                "uniform_trait", "gradcam_trait"):
+                "uniform_trait", "ceiling_trait", "gradcam_trait"):
         assert key in checks, key
+    # attention anywhere lies between none on traits and all on each image's most-trait token
+    assert checks["uniform_trait"] <= checks["ceiling_trait"] <= 1 and checks["sim_attn_trait"] <= checks["ceiling_trait"]
+    assert "(the ceiling)" in md
     assert "gradcam_trait" in rep["component_checks"]["baseline-seed3"]
     for key in ("feat_sim_share", "feat_g_share", "feat_clothes_nn_within", "within_acc_last", "feat_outfit_probe_accuracy",
                 "feat_outfit_probe_low", "feat_clothes_nn_high"):
@@ -105,3 +108,17 @@ def test_demo_seeds_option():
     assert [s for v, s in runs if v == "sse"] == [0, 1] == [s for v, s in runs if v == "sim"]
     assert demo_runs([7], quick=True) == [("baseline", 7), ("full", 7)]
     assert len(demo_runs([0, 1, 2], quick=False, ablation_seeds=3)) == 12
+
+
+def test_verdict_sentences_from_the_two_splits():
+    from scireid.analysis.demo_claims import verdict
+
+    def ci(mean, half):
+        return {"mean": mean, "low": mean - half, "high": mean + half, "half_width": half}
+    assert verdict(ci(-1.6, 1.1), ci(-1.8, 1.4)).startswith("SCI is behind the baseline on both splits, beyond")
+    assert verdict(ci(2.0, 1.0), ci(2.5, 1.0)).startswith("SCI is ahead of the baseline on both splits")
+    both = verdict(ci(0.1, 2.6), ci(-1.3, 1.6))
+    assert "cannot be told apart on either split" in both and "wider than ±2 points" in both
+    split = verdict(ci(-0.7, 0.6), ci(-0.7, 0.75))
+    assert split.startswith("The splits disagree: SCI is behind on test and undecided on validation")
+    assert "no validation split" in verdict(ci(3.0, 1.0), None)

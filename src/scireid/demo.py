@@ -206,7 +206,10 @@ def run_demo(out: str | Path = "scireid_demo", quick: bool = False, seed: int = 
         verbose = not sys.stderr.isatty()  # a terminal shows the bar; a log file gets the runs' own lines
         with ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                  initargs=(threads, verbose)) as pool:
-            futures = {pool.submit(_train_one, v, s, data_root, runs, ov): (v, s) for v, s in todo}
+            # longest runs first (SCI, then the ablations, the baseline last), so the last minutes keep both workers busy
+            cost = {"full": 0, "sim": 1, "sse": 2, "baseline": 3}
+            ordered = sorted(todo, key=lambda vs: (cost.get(vs[0], 0), vs[1]))
+            futures = {pool.submit(_train_one, v, s, data_root, runs, ov): (v, s) for v, s in ordered}
             for done, fut in enumerate(as_completed(futures), start=1):
                 v, s = futures[fut]
                 results[v][s] = fut.result()  # a failed run raises here, with its own message

@@ -68,16 +68,17 @@ def verdict(test: dict[str, Any] | None, val: dict[str, Any] | None, what: str =
     t, v = word(test), word(val)
     parts = show(test, "test") + (f", {show(val, 'validation')}" if val is not None else "")
     wide = [ci for ci in (test, val) if ci is not None and ci["half_width"] > TARGET_HALF_WIDTH]
-    caveat = (f" (an interval is wider than ±{TARGET_HALF_WIDTH:.0f} points: the splits are too small to decide "
+    caveat = (f" (an interval is wider than ±{TARGET_HALF_WIDTH:.0f} points: too few queries or seeds to decide "
               "small differences)") if wide else ""
+    than = {"ahead": "ahead of", "behind": "behind"}
     if v is None:
         if t == "undecided":
             return f"{what} and the baseline cannot be told apart: {parts}{caveat}."
-        return f"{what} is {t} of the baseline: {parts}; there is no validation split to confirm it{caveat}."
+        return f"{what} is {than[t]} the baseline: {parts}; there is no validation split to confirm it{caveat}."
     if t == v == "undecided":
         return f"{what} and the baseline cannot be told apart on either split: {parts}{caveat}."
     if t == v:
-        return f"{what} is {t} of the baseline on both splits, beyond the 95% intervals: {parts}."
+        return f"{what} is {than[t]} the baseline on both splits, beyond the 95% intervals: {parts}."
     return (f"The splits disagree: {what} is {t} on test and {v} on validation ({parts}); a difference the held-out "
             f"identities do not reproduce is not evidence{caveat}.")
 

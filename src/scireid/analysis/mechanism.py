@@ -126,7 +126,7 @@ def sim_attention_mass(model, records, root: Path, transform, max_images: int = 
     if not recs:
         return None
     model.eval()
-    trait, garment, u_trait, u_garment, group = [], [], [], [], []
+    trait, garment, u_trait, u_garment, group, best = [], [], [], [], [], []
     for i in range(0, len(recs), 64):
         chunk = recs[i:i + 64]
         x = torch.stack([transform(read_image(r.path)) for r in chunk]).to(model.prototypes.device)
@@ -141,12 +141,14 @@ def sim_attention_mass(model, records, root: Path, transform, max_images: int = 
             garment.append(float(att @ gf))
             u_trait.append(float(tf.mean()))
             u_garment.append(float(gf.mean()))
+            best.append(float(tf.max()))  # all attention on the token with the most trait pixels: the ceiling
             group.append(r.pid)
     from .bootstrap import bootstrap_mean
     above = bootstrap_mean([np.array(trait) - np.array(u_trait)], np.array(group))
     return {"images": len(recs), "grid": list(z.shape[2:]), "trait_mass": float(np.mean(trait)),
             "garment_mass": float(np.mean(garment)), "uniform_trait_mass": float(np.mean(u_trait)),
             "uniform_garment_mass": float(np.mean(u_garment)), "trait_above_uniform": above,
+            "ceiling_trait_mass": float(np.mean(best)),
             "per_image": {"trait_above_uniform": (np.array(trait) - np.array(u_trait)).tolist(), "group": group}}
 
 
@@ -304,6 +306,8 @@ def flatten(mech: dict[str, Any]) -> dict[str, Any]:
         sa = mech["sim_attention"]
         c["sim_attn_trait"], c["sim_attn_garment"] = sa["trait_mass"], sa["garment_mass"]
         c["uniform_trait"], c["uniform_garment"] = sa["uniform_trait_mass"], sa["uniform_garment_mass"]
+        if "ceiling_trait_mass" in sa:
+            c["ceiling_trait"] = sa["ceiling_trait_mass"]
     for k, v in (mech.get("features") or {}).items():
         if isinstance(v, dict):  # outfit_probe / clothes_nn: accuracy, interval and chance, not the per-image arrays
             for kk in ("accuracy", "low", "high", "chance"):
