@@ -257,6 +257,14 @@ def write_markdown(results: list[dict], cmd: str) -> str:
     return "\n".join(lines)
 
 
+def publish(lines: list[str], write: bool) -> None:
+    """Print a section (its first line is the title) and, with ``write``, put it into BENCHMARKS.md."""
+    md = "\n".join(lines)
+    print(md)
+    if write:
+        update_benchmarks_md(md, lines[0])
+
+
 def update_benchmarks_md(section: str, title: str) -> None:
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\nNumbers from `benchmarks/`; each section names its machine, command and date.\n\n"

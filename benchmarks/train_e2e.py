@@ -86,8 +86,7 @@ def trunk_rate(cfg, ds, device: str, batch: int, steps: int) -> float:
     from scireid.models.sci import SCIModel
 
     model = SCIModel(model_spec(cfg, ds)).to(device)
-    trunk = model.visual.trunk
-    opt = torch.optim.Adam(trunk.parameters(), lr=1e-5)
+    opt = torch.optim.Adam(model.visual.parameters(), lr=1e-5, fused=True)
     x = torch.randn(batch, 3, cfg.data.height, cfg.data.width, device=device)
     use_amp = device.startswith("cuda") and cfg.run.amp
     for i in range(steps + 2):
@@ -95,7 +94,7 @@ def trunk_rate(cfg, ds, device: str, batch: int, steps: int) -> float:
             _sync(device)
             t0 = time.perf_counter()
         with torch.autocast(device_type="cuda", dtype=amp_dtype(cfg.run.amp_dtype), enabled=use_amp):
-            loss = trunk(x).float().mean()
+            loss = model.visual.trunk(x)[1].float().mean()  # the layer-4 map: no attention pool, no heads
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -184,11 +183,8 @@ def main() -> None:
     row("stage 2 epoch 2, end to end (CAL in SCI)", "stage2_cal")
     mem = "GPU memory (allocator peak)" if gpu else "peak RSS of the process so far (SCI runs second)"
     lines += [f"| {mem}, GB | {b['peak_gb']:.1f} | {f['peak_gb']:.1f} | |", ""]
-    md = "\n".join(lines)
-    print(md)
-    if not a.no_write:
-        from eval_speed import update_benchmarks_md
-        update_benchmarks_md(md, lines[0])
+    from eval_speed import publish
+    publish(lines, not a.no_write)
 
 
 if __name__ == "__main__":

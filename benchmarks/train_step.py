@@ -123,11 +123,8 @@ def main():
         lines.append(f"| {r['variant']} | {r['img_per_s']:.1f} | {mem} |")
     lines += ["", f"SCI's step takes {100 * overhead:.1f}% longer than the baseline's "
                   f"(target: at most 10%).", ""]
-    md = "\n".join(lines)
-    print(md)
-    if not a.no_write:
-        from eval_speed import update_benchmarks_md
-        update_benchmarks_md(md, lines[0])
+    from eval_speed import publish
+    publish(lines, not a.no_write)
 
 
 if __name__ == "__main__":

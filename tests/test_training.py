@@ -200,3 +200,15 @@ def test_frozen_backbone_bn_keeps_pretrained_statistics(data_root, tmp_path, fro
     assert before and all(torch.equal(before[n], after[n]) for n in before) == frozen
     # the neck BN (not the CLIP trunk) keeps training either way
     assert model.bottleneck.training
+
+
+def test_each_run_logs_only_to_its_own_log_txt(data_root, tmp_path):
+    """Two runs in one process (the demo's workers, a notebook): the first run's log.txt stops with the first."""
+    import logging
+    over = ("model.sse=false", "model.sim=false", "stage2.cal=false", "stage1.epochs=1", "stage2.epochs=1",
+            "stage2.eval_every=0")
+    train(tiny_cfg(data_root, tmp_path / "a", *over))
+    first = (tmp_path / "a" / "log.txt").read_text()
+    train(tiny_cfg(data_root, tmp_path / "b", *over))
+    assert (tmp_path / "a" / "log.txt").read_text() == first and str(tmp_path / "b") in (tmp_path / "b" / "log.txt").read_text()
+    assert not [h for h in logging.getLogger("scireid").handlers if isinstance(h, logging.FileHandler)]

@@ -138,6 +138,16 @@ def flush_denormal(on: bool) -> Iterator[None]:
 
 
 def _train(cfg: Config, stage: str, resume: bool, ctx: DistContext) -> dict[str, Any]:
+    try:
+        return _train_in_run_dir(cfg, stage, resume, ctx)
+    finally:  # the run's log.txt handler goes with the run: a second train() in this process logs elsewhere
+        for h in [h for h in log.handlers if isinstance(h, logging.FileHandler)
+                  and Path(h.baseFilename) == (Path(cfg.run.out) / "log.txt").absolute()]:
+            log.removeHandler(h)
+            h.close()
+
+
+def _train_in_run_dir(cfg: Config, stage: str, resume: bool, ctx: DistContext) -> dict[str, Any]:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     ds = load_dataset(cfg)
     if resume:
