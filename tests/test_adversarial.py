@@ -240,7 +240,18 @@ def _argv_for(path, extra):
             argv.append("x")
         elif act.option_strings and act.required:
             argv += [act.option_strings[-1], "x"]
-    return argv + extra
+    return argv + _required_group_dummies(parser, extra) + extra
+
+
+def _required_group_dummies(parser, given):
+    """One member of each required either/or group (index remove --pid | --paths) unless ``given`` has one."""
+    out = []
+    for group in parser._mutually_exclusive_groups:
+        opts = [a for a in group._group_actions if a.option_strings]
+        if group.required and not any(a.option_strings[-1] in g or g.startswith(a.option_strings[-1] + "=")
+                                      for a in opts for g in given):
+            out += [opts[0].option_strings[-1], "1" if opts[0].type in (int, float) else "x"]
+    return out
 
 
 def test_every_numeric_option_has_a_range():
@@ -264,3 +275,80 @@ def test_every_numeric_option_refuses_edge_values_in_one_line(capsys, edge):
         assert rc == 2, (path, opt, value, rc, err)
         assert err.count("\n") == 0 and "Traceback" not in err, (path, opt, err)
         assert opt in err or opt.lstrip("-") in err or dest in err, (path, opt, err)
+
+
+def _all_options():
+    """(subcommand path, how it is written, dest, kind, positional?) for every option and positional of every
+    subcommand; kind: num, choice, flag or text."""
+    import argparse
+
+    from scireid.cli import build_parser
+    found = []
+
+    def walk(parser, path):
+        for act in parser._actions:
+            if isinstance(act, argparse._SubParsersAction):
+                for name, sp in act.choices.items():
+                    walk(sp, path + [name])
+            elif not isinstance(act, argparse._HelpAction):
+                kind = ("num" if act.type in (int, float) else "choice" if act.choices else
+                        "flag" if act.nargs == 0 else "text")
+                found.append((tuple(path), act.option_strings[-1] if act.option_strings else act.dest, act.dest, kind,
+                              not act.option_strings))
+    walk(build_parser(), [])
+    return found
+
+
+def _argv_with(path, dest, value):
+    """Like _argv_for, with ``value`` in the positional ``dest``'s place."""
+    import argparse
+
+    from scireid.cli import build_parser
+    parser = build_parser()
+    for name in path:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    argv = list(path)
+    for act in parser._actions:
+        if not act.option_strings and not isinstance(act, argparse._SubParsersAction):
+            if act.dest == dest:
+                argv.append(value)
+            elif act.nargs != "*":
+                argv.append("x")
+        elif act.option_strings and act.required:
+            argv += [act.option_strings[-1], "x"]
+    return argv + _required_group_dummies(parser, [])
+
+
+EDGE = {"choice": ["no-such-choice"], "flag": ["=1"], "text": ["", "   ", "a\x00b"]}
+
+
+def test_the_option_table_covers_every_option():
+    opts = _all_options()
+    kinds = {k for *_, k, _ in opts}
+    assert kinds == {"num", "choice", "flag", "text"} and len(opts) > 100
+    assert all(k == "num" or k in EDGE for *_, k, _ in opts)
+
+
+@pytest.mark.parametrize("kind", sorted(EDGE))
+def test_every_option_refuses_nonsense_in_one_line(capsys, kind):
+    """Every choice, flag and text option or positional of every subcommand (numbers: the test above) with values
+    that cannot be right: exit 2 and one line that names it, before any work."""
+    n = 0
+    for path, opt, dest, k, positional in _all_options():
+        if k != kind or dest in ("help",):
+            continue
+        for value in EDGE[kind]:
+            if positional:
+                argv = _argv_with(path, dest, value)
+            elif kind == "flag":
+                argv = _argv_for(path, [opt + value])
+            else:
+                argv = _argv_for(path, [opt, value])
+            capsys.readouterr()
+            rc = main(argv)
+            err = capsys.readouterr().err.strip()
+            assert rc == 2, (argv, rc, err)
+            assert err.count("\n") == 0 and "Traceback" not in err, (argv, err)
+            assert opt in err or dest in err or opt.lstrip("-") in err, (argv, err)
+            n += 1
+    assert n >= {"choice": 10, "flag": 20, "text": 150}[kind]

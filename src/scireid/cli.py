@@ -6,7 +6,8 @@ import json
 import logging
 import sys
 
-from .cli_checks import NUMERIC_OPTIONS, OneLineParser, check_numbers, check_output_paths  # noqa: F401 (NUMERIC_OPTIONS: re-exported)
+from .cli_checks import (NUMERIC_OPTIONS, OneLineParser, check_numbers, check_output_paths,  # noqa: F401
+                         check_strings, option_names)  # (NUMERIC_OPTIONS: re-exported)
 from .cli_index import _cluster_args, _cmd_index_add, cmd_index, cmd_index_remove, cmd_search
 from .errors import UserError
 from .logs import setup_logging as _setup_logging
@@ -371,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_numbers(args)
+        check_strings(args, option_names(parser, args))
         check_output_paths(args)
         return args.fn(args)
     except (UserError, ImageReadError, FileNotFoundError) as e:

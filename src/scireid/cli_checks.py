@@ -30,6 +30,33 @@ def check_numbers(args) -> None:
                 raise ConfigError(f"--{name.replace('_', '-')} {v}: expected {kind} in [{low}, {high}]")
 
 
+def option_names(parser: argparse.ArgumentParser, args) -> dict[str, str]:
+    """dest -> how the user wrote it (``--input-size``, or the positional's name) for the subcommand ``args`` ran."""
+    names: dict[str, str] = {}
+    p = parser
+    while p is not None:
+        nxt = None
+        for act in p._actions:
+            if isinstance(act, argparse._SubParsersAction):
+                nxt = act.choices.get(getattr(args, act.dest, None))
+            elif not isinstance(act, argparse._HelpAction):
+                names[act.dest] = act.option_strings[-1] if act.option_strings else act.dest
+        p = nxt
+    return names
+
+
+def check_strings(args, names: dict[str, str]) -> None:
+    """Every text option and positional: not empty or blank (an empty --out would mean the current folder) and no
+    NUL byte (no file can be named with one), checked before any work."""
+    from .errors import ConfigError
+    for dest, flag in names.items():
+        v = getattr(args, dest, None)
+        for item in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(item, str) and (not item.strip() or "\x00" in item):
+                what = "a NUL byte" if "\x00" in item else "an empty value"
+                raise ConfigError(f"{flag} {item!r}: {what}; expected a name, path or value")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse's own errors (a wrong type, an unknown choice) as one line, like every other scireid error."""
 
