@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate synthetic data, train baseline and SCI, write a report")
     d.add_argument("--out", default="scireid_demo")
-    d.add_argument("--quick", action="store_true", help="baseline and SCI only, one seed (< 5 min on 2 cores)")
+    d.add_argument("--quick", action="store_true", help="baseline and SCI only, one seed (about 2 min on 2 cores)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--seeds", type=int, default=6, help="training seeds of the baseline and SCI (full demo; default 6: "
                                                         "a 95%% interval of about +-2 points on SCI - baseline)")
