@@ -190,7 +190,7 @@ def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, command
     """Build the corpus, train, export ``OUT/<arch>.safetensors`` + ``provenance.json``, score zero-shot."""
     from ..engine.distributed import setup
     from ..engine.engine import Engine
-    from ..engine.rundir import RunLock, check_out_dir
+    from ..engine.rundir import RunLock, check_out_dir, clean_leftovers
     from ..engine.trainer import environment_info
     from .zeroshot import zero_shot
 
@@ -199,6 +199,7 @@ def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, command
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with RunLock(out):
+        clean_leftovers(out)  # a checkpoint swap killed half-way: its complete copy back in place, the spare removed
         saved = out / "pretrain.json"
         if not resume and saved.exists():
             raise ConfigError(f"--out {out} already holds a pretraining run ({saved}); pass --resume to continue it or "
