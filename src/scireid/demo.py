@@ -122,7 +122,6 @@ def _worker_init(threads: int, verbose: bool) -> None:
 
     from .logs import setup_logging
     torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)  # the measurement pass too (run.flush_denormal covers training)
     setup_logging(False)
     if not verbose:
         logging.getLogger("scireid").setLevel(logging.WARNING)

@@ -110,15 +110,15 @@ def render_markdown(rep: dict[str, Any]) -> str:
             L.append(f"| {run} | {fmt(c['decode_T_id_identity'])} | {fmt(c['decode_T_id_clothes'])} | "
                      f"{fmt(c['decode_prototype_identity'])} | {fmt(c['decode_prototype_clothes'])} | "
                      f"{fmt(c['decode_identity_chance'])} / {fmt(c['decode_clothes_chance'])} |")
+    ceilings = [c["ceiling_trait"] for c in rep["component_checks"].values() if "ceiling_trait" in c]
+    ceiling = (f" The feature map is coarse: all attention on each image's token with the most trait pixels would "
+               f"put {np.mean(ceilings):.3f} of it on traits (the ceiling).") if ceilings else ""
     L += ["", "## Where the model looks: share of attention on identity-trait vs garment pixels", "",
           "SIM: its pooled text-to-visual cross-attention over the feature map's tokens (uniform attention in "
-          "brackets). Grad-CAM: of the retrieval feature, every run. From the part masks the generator writes.", "",
+          "brackets). Grad-CAM: of the retrieval feature, every run. From the part masks the generator writes."
+          + ceiling, "",
           "| run | SIM attn on traits | SIM attn on garments | Grad-CAM on traits | Grad-CAM on garments |",
           "|---|---|---|---|---|"]
-    ceilings = [c["ceiling_trait"] for c in rep["component_checks"].values() if "ceiling_trait" in c]
-    if ceilings:
-        L[-4] += (f" The feature map is coarse: all attention on each image's token with the most trait pixels would "
-                  f"put {np.mean(ceilings):.3f} of it on traits (the ceiling).")
     for run, c in rep["component_checks"].items():
         sim_t = f"{c['sim_attn_trait']:.3f} ({c['uniform_trait']:.3f})" if "sim_attn_trait" in c else "—"
         sim_g = f"{c['sim_attn_garment']:.3f} ({c['uniform_garment']:.3f})" if "sim_attn_garment" in c else "—"

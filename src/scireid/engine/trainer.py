@@ -115,14 +115,14 @@ def train(cfg: Config, stage: str = "all", resume: bool = False) -> dict[str, An
 
     validate_config(cfg)
     ctx = setup(cfg.run.device)
-    if not ctx.is_main:
-        with flush_denormal(cfg.run.flush_denormal):
+    with flush_denormal(cfg.run.flush_denormal):
+        if not ctx.is_main:
             return _train(cfg, stage, resume, ctx)
-    check_out_dir(cfg.run.out, resume=resume)
-    with RunLock(cfg.run.out), flush_denormal(cfg.run.flush_denormal):
-        from .rundir import clean_leftovers
-        clean_leftovers(cfg.run.out)
-        return _train(cfg, stage, resume, ctx)
+        check_out_dir(cfg.run.out, resume=resume)
+        with RunLock(cfg.run.out):
+            from .rundir import clean_leftovers
+            clean_leftovers(cfg.run.out)
+            return _train(cfg, stage, resume, ctx)
 
 
 @contextmanager
