@@ -1,5 +1,6 @@
 """The offline vision-language prior: captions, corpus, pretraining, the shipped file, prompt decoding."""
 import json
+import math
 import re
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from scireid.data.captions import (BOTTOM_KINDS, BUILD_WORDS, COLOURS, HAIR_WORDS, SHOE_WORDS, SKIN_WORDS,
-                                   caption, true_attributes)
+                                   caption, caption_named, hard_negative, true_attributes)
 from scireid.data.synthetic import _rand_camera, _rand_identity, _rand_outfit, generate, render
 from scireid.prior.corpus import make_corpus
 
@@ -47,35 +48,42 @@ def parse_caption(text: str) -> dict[str, int]:
     m = re.search(rf"\b({'|'.join(BUILD_WORDS)}) build", text)
     if m:
         out["build"] = BUILD_WORDS.index(m.group(1))
-    m = re.search(rf"\b({COL})( (striped|checked|short-sleeved|long-sleeved))* (top|shirt)", text)
+    m = re.search(rf"\b(({COL}) )?((plain|striped|checked|short-sleeved|long-sleeved) )*(top|shirt)\b", text)
     if m:
-        out["top_colour"] = COLOURS.index(m.group(1))
+        if m.group(2):
+            out["top_colour"] = COLOURS.index(m.group(2))
         span = m.group(0)
         if "long-sleeved" in span:
             out["sleeves"] = 1
         elif "short-sleeved" in span:
             out["sleeves"] = 0
-        if "striped" in span:
+        if "plain" in span:
+            out["top_pattern"] = 0
+        elif "striped" in span:
             out["top_pattern"] = 1
         elif "checked" in span:
             out["top_pattern"] = 2
     if "with a logo" in text:
         out["top_pattern"] = 3
-    m = re.search(rf"\b({COL}) (trousers|shorts|skirt|bottoms)", text)
+    m = re.search(rf"\b(({COL}) )?(trousers|shorts|skirt|bottoms)", text)
     if m:
-        out["bottom_colour"] = COLOURS.index(m.group(1))
-        if m.group(2) != "bottoms":
-            out["bottom_kind"] = BOTTOM_KINDS.index(m.group(2))
+        if m.group(2):
+            out["bottom_colour"] = COLOURS.index(m.group(2))
+        if m.group(3) != "bottoms":
+            out["bottom_kind"] = BOTTOM_KINDS.index(m.group(3))
     return out
 
 
 def test_every_mentioned_attribute_is_true_and_visible():
     corpus = make_corpus(300, seed=7)
     seen_kinds = set()
+    alone = 0
     for i in range(len(corpus)):
-        for r in range(3):
-            text = corpus.caption(i, np.random.default_rng([i, r]))
+        for r in range(4):
+            text, said = caption_named(corpus.attrs[i], np.random.default_rng([i, r]), alone=0.3)
             named = parse_caption(text)
+            assert said == named, (text, said, named)  # what the generator reports naming is what the text says
+            alone += len(named) == 1
             seen_kinds |= set(named)
             for k, v in named.items():
                 assert k in corpus.attrs[i], (text, k, "named but not visible")
@@ -83,6 +91,77 @@ def test_every_mentioned_attribute_is_true_and_visible():
     # every attribute appears somewhere, identity traits and clothes alike
     assert seen_kinds >= {"skin", "hair_colour", "hair_style", "shoes", "glasses", "bag", "build", "top_colour",
                           "sleeves", "bottom_colour", "bottom_kind", "top_pattern"}
+    assert alone >= 0.3 * 1200 - 60  # the "alone" share (plus mixed captions that happen to name one)
+
+
+def test_hard_negatives_differ_from_the_image_in_what_they_name():
+    corpus = make_corpus(200, seed=11)
+    false = 0
+    for i in range(len(corpus)):
+        seed = [i, 5]
+        text, said = caption_named(corpus.attrs[i], np.random.default_rng(seed), alone=0.3)
+        neg, neg_said = hard_negative(corpus.attrs[i], said, seed, alone=0.3)
+        assert parse_caption(neg) == neg_said and neg != text
+        false += any(corpus.attrs[i].get(k) != v for k, v in neg_said.items())
+    assert false >= 190  # nearly always untrue of its image; the rare true one is scored as a positive
+
+
+def test_held_out_templates_never_occur_in_the_corpus_captions():
+    """The held-out wordings must be absent from what the caption generator can write, word for word."""
+    from scireid.data.captions import ATTRIBUTES, EVAL_TEMPLATES, OPENERS, SUBJECTS
+    corpus = make_corpus(400, seed=2)
+    caps = [caption_named(corpus.attrs[i], np.random.default_rng([i, r]), alone=a)[0]
+            for i in range(len(corpus)) for r, a in ((0, 0.0), (1, 0.3), (2, 1.0))]
+    vocab = {w.strip(",") for c in caps for w in c.split()}
+    held = {k: v for k, v in EVAL_TEMPLATES.items() if k != "seen"}
+    assert len(held) >= 2
+    for name, template in held.items():
+        frame = set(re.sub(r"\{\w+\}", " ", template).replace(",", " ").split())
+        for a in ATTRIBUTES:
+            frame |= set(re.sub(r"\{\w+\}", " ", template.replace("{has}", "has" if a.identity else "wears")).split())
+        frame = {w.strip(",") for w in frame}
+        assert frame and not (frame & vocab), (name, frame & vocab)
+        assert not any(w in " ".join(OPENERS + SUBJECTS).split() for w in frame)
+        for a in ATTRIBUTES:
+            for k in range(len(a.classes)):
+                assert not any(a.phrase(k, template) in c for c in caps)
+    # the "seen" wording is one the corpus does write: it is the control, not a held-out test
+    seen = [a.phrase(k) for a in ATTRIBUTES for k in range(len(a.classes))]
+    assert all(set(p.split()) <= vocab for p in seen)
+    assert sum(any(p in c for c in caps) for p in seen) >= 5
+
+
+def test_contrastive_loss_is_clip_loss_and_spreads_targets_over_true_pairs():
+    from open_clip.loss import ClipLoss
+    from scireid.prior.pretrain import consistency, contrastive_loss
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=-1)
+    neg = torch.nn.functional.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=-1)
+    scale = torch.tensor(7.0, dtype=torch.float64)
+    torch.testing.assert_close(contrastive_loss(img, txt, scale), ClipLoss()(img, txt, scale), rtol=0, atol=1e-12)
+    # brute force: caption 0 is true of images 0 and 3; hard negative 2 is (accidentally) true of image 2
+    named = np.array([[1, -1], [0, 0], [2, 1], [1, -1], [1, 1], [2, 2]])
+    visible = np.array([[1, 0], [0, 0], [2, 1], [1, 5], [1, 1], [2, 2]])
+    match = consistency(named, visible)
+    assert match[0].tolist() == [True, False, False, True, True, False]
+    neg_match = torch.zeros(6, 6, dtype=torch.bool)
+    neg_match[2, 2] = True
+    texts = torch.cat([txt, neg])
+    total_i = 0.0
+    for b in range(6):
+        logits = [float(scale * img[b] @ texts[c]) for c in range(12)]
+        lse = math.log(sum(math.exp(v) for v in logits))
+        pos = [c for c in range(6) if match[c, b]] + [6 + c for c in range(6) if neg_match[c, b]]
+        total_i += -sum(logits[c] - lse for c in pos) / len(pos)
+    total_t = 0.0
+    for c in range(6):
+        logits = [float(scale * txt[c] @ img[b]) for b in range(6)]
+        lse = math.log(sum(math.exp(v) for v in logits))
+        pos = [b for b in range(6) if match[c, b]]
+        total_t += -sum(logits[b] - lse for b in pos) / len(pos)
+    want = (total_i / 6 + total_t / 6) / 2
+    assert float(contrastive_loss(img, txt, scale, match, neg, neg_match)) == pytest.approx(want, abs=1e-12)
 
 
 def test_captions_vary_and_mix_traits_and_clothes():
@@ -198,3 +277,31 @@ def test_pretrain_cli_and_eval(tmp_path, capsys):
     assert "not an open_clip synth-clip state dict" in capsys.readouterr().err
     assert main(["pretrain", "--out", str(tmp_path / "q"), "arch=tiny-prior"]) == 2  # 32x32 arch at height 64
     assert "takes 32x32 images" in capsys.readouterr().err
+
+
+def test_attribute_loss_by_brute_force():
+    """Mean cross-entropy over visible (image, attribute) pairs, each against that attribute's class captions."""
+    from scireid.data.captions import ATTRIBUTES
+    from scireid.prior.pretrain import attribute_loss
+    g = torch.Generator().manual_seed(1)
+    n_cls = [len(a.classes) for a in ATTRIBUTES]
+    img = torch.nn.functional.normalize(torch.randn(3, 8, generator=g, dtype=torch.float64), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(sum(n_cls), 8, generator=g, dtype=torch.float64), dim=-1)
+    labels = torch.full((3, len(ATTRIBUTES)), -1)
+    labels[0, 0], labels[1, 0], labels[2, 7], labels[2, 11] = 4, 1, 13, 2  # skin, skin, top colour, bottom kind
+    scale = torch.tensor(5.0, dtype=torch.float64)
+    total = 0.0
+    for b, j in ((0, 0), (1, 0), (2, 7), (2, 11)):
+        start = sum(n_cls[:j])
+        logits = [float(scale * img[b] @ txt[start + c]) for c in range(n_cls[j])]
+        total += math.log(sum(math.exp(v) for v in logits)) - logits[int(labels[b, j])]
+    assert float(attribute_loss(img, txt, scale, labels)) == pytest.approx(total / 4, abs=1e-12)
+
+
+def test_alone_captions_of_two_classes_differ_only_in_the_class_words():
+    from scireid.data.captions import ATTRIBUTES, alone_caption
+    for a in ATTRIBUTES:
+        texts = [alone_caption(a.name, k, np.random.default_rng([3, 1]))[0] for k in range(len(a.classes))]
+        assert len(set(texts)) == len(a.classes)
+        for k, t in enumerate(texts):
+            assert parse_caption(t) == {a.name: k}, t

@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain", help="contrastive image-text pretraining of a small CLIP on captioned synthetic people")
     pt.add_argument("--out", default="runs/prior")
-    pt.add_argument("--images", type=int, help="corpus size (default 16000)")
-    pt.add_argument("--epochs", type=int, help="default 12")
+    pt.add_argument("--images", type=int, help="corpus size (default 32000)")
+    pt.add_argument("--epochs", type=int, help="default 10")
     pt.add_argument("--seed", type=int, help="corpus and training seed (default 0)")
     pt.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
     pt.add_argument("--eval", metavar="FILE", help="only score FILE zero-shot on the held-out set")

@@ -18,15 +18,17 @@ from PIL import Image, ImageDraw, ImageFilter
 log = logging.getLogger(__name__)
 
 H, W = 128, 64
-# 3: val/ split; 4: one query per (outfit, camera) view, extra test identities from their own stream.
+# 3: val/ split; 4: one query per (outfit, camera) view, extra test identities from their own stream;
+# 5: every attribute drawn large enough to see at the demo's 64x32 (issue #24; BENCHMARKS.md, visibility).
 # Bump when the drawing or the splits change: a cached set of another version is not reused.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 PALETTE = np.array([  # garment colours
     (200, 30, 30), (30, 60, 170), (30, 140, 60), (230, 200, 40), (240, 240, 240), (25, 25, 25),
     (120, 120, 120), (150, 80, 30), (230, 120, 170), (100, 40, 130), (250, 140, 20), (20, 150, 160),
     (170, 200, 230), (90, 110, 40),
 ])
-SKIN = np.array([(255, 224, 196), (234, 192, 160), (198, 145, 105), (141, 95, 65), (90, 60, 40)])
+# skin tones spaced ~45 levels apart, so a camera's gain (+-10%) cannot turn one into its neighbour
+SKIN = np.array([(255, 226, 204), (222, 174, 132), (180, 122, 80), (128, 82, 52), (78, 50, 32)])
 HAIR = np.array([(20, 15, 10), (90, 60, 30), (200, 160, 80), (150, 50, 20), (180, 180, 180)])
 SHOES = np.array([(15, 15, 15), (240, 240, 240), (140, 30, 30), (40, 60, 120), (120, 90, 50)])
 
@@ -71,17 +73,26 @@ def _rand_identity(rng) -> Identity:
                     int(rng.integers(len(SHOES))), bool(rng.random() < 0.3), int(rng.choice(3, p=[0.6, 0.2, 0.2])))
 
 
+def _contrasting(rng, base: int) -> int:
+    """A second colour far from ``base`` (RGB distance > 120), so stripes, checks and logos show."""
+    far = [i for i in range(len(PALETTE)) if np.linalg.norm(PALETTE[i] - PALETTE[base]) > 120]
+    return int(far[int(rng.integers(len(far)))])
+
+
 def _rand_outfit(rng) -> Outfit:
-    return Outfit(int(rng.integers(len(PALETTE))), int(rng.choice(4, p=[0.5, 0.2, 0.15, 0.15])),
-                  int(rng.integers(len(PALETTE))), bool(rng.random() < 0.5), int(rng.integers(len(PALETTE))),
-                  int(rng.choice(2, p=[0.8, 0.2])), int(rng.choice(3, p=[0.65, 0.2, 0.15])))
+    top = int(rng.integers(len(PALETTE)))
+    return Outfit(top, int(rng.choice(4, p=[0.5, 0.2, 0.15, 0.15])), _contrasting(rng, top), bool(rng.random() < 0.5),
+                  int(rng.integers(len(PALETTE))), int(rng.choice(2, p=[0.8, 0.2])),
+                  int(rng.choice(3, p=[0.65, 0.2, 0.15])))
 
 
 def _rand_camera(rng) -> Camera:
     c1 = tuple(int(v) for v in rng.integers(40, 220, 3))
     c2 = tuple(int(v) for v in rng.integers(40, 220, 3))
-    return Camera(c1, c2, float(rng.uniform(0.7, 1.25)), tuple(float(v) for v in rng.uniform(0.85, 1.15, 3)),
-                  float(rng.uniform(0.0, 1.2)), float(rng.uniform(2, 10)))
+    # light and colour cast within what leaves 14 garment colours and 5 skin tones nameable (v5; was gain
+    # 0.7-1.25, cast 0.85-1.15, blur up to 1.2, which merged white/grey, yellow/orange and neighbouring skins)
+    return Camera(c1, c2, float(rng.uniform(0.9, 1.1)), tuple(float(v) for v in rng.uniform(0.95, 1.05, 3)),
+                  float(rng.uniform(0.0, 0.8)), float(rng.uniform(2, 8)))
 
 
 # written first into a folder being generated, removed last: a dataset loader refuses a folder that still has it
@@ -111,16 +122,17 @@ class _Painter:
 def _fill_pattern(p: _Painter, box, color, color2, pattern, label: int):
     x0, y0, x1, y1 = box
     p.rectangle(box, fill=color, label=label)
+    # sizes at 128x64, chosen to survive the demo's 2x downsampling: 4-pixel stripes every 10, 5-pixel checks
     if pattern == 1:
-        for y in range(int(y0), int(y1), 4):
-            p.rectangle((x0, y, x1, min(y + 1, y1)), fill=color2, label=label)
+        for y in range(int(y0) + 2, int(y1), 10):
+            p.rectangle((x0, y, x1, min(y + 3, y1)), fill=color2, label=label)
     elif pattern == 2:
-        for y in range(int(y0), int(y1), 6):
-            for x in range(int(x0) + (y // 6 % 2) * 3, int(x1), 6):
-                p.rectangle((x, y, min(x + 2, x1), min(y + 2, y1)), fill=color2, label=label)
+        for row, y in enumerate(range(int(y0) + 1, int(y1), 5)):
+            for x in range(int(x0) + (row % 2) * 5, int(x1), 10):
+                p.rectangle((x, y, min(x + 4, x1), min(y + 4, y1)), fill=color2, label=label)
     elif pattern == 3:
         cx, cy = (x0 + x1) / 2, y0 + (y1 - y0) * 0.35
-        p.ellipse((cx - 5, cy - 5, cx + 5, cy + 5), fill=color2, label=label)
+        p.ellipse((cx - 7, cy - 7, cx + 7, cy + 7), fill=color2, label=label)
 
 
 def render(ident: Identity, outfit: Outfit, cam: Camera, rng, with_mask: bool = False, seen: dict | None = None):
@@ -141,7 +153,8 @@ def render(ident: Identity, outfit: Outfit, cam: Camera, rng, with_mask: bool = 
     s = ident.height * rng.uniform(0.9, 1.05)
     cx = W / 2 + rng.normal(0, 2)
     top_y = 2 + rng.uniform(0, 4) + (1 - ident.height) * 24
-    bw = 38 * ident.build * (0.7 if view == 2 else 1.0)
+    # width grows as build^1.5 (v5): slim (< 0.9) and broad (> 1.05) bodies differ by ~8 pixels at 128x64
+    bw = 36 * ident.build ** 1.5 * (0.75 if view == 2 else 1.0)
     head_r = 10.5 * ident.head
     skin = tuple(int(v) for v in SKIN[ident.skin])
     hair = tuple(int(v) for v in HAIR[ident.hair])
@@ -151,34 +164,30 @@ def render(ident: Identity, outfit: Outfit, cam: Camera, rng, with_mask: bool = 
     torso_y0 = hy + head_r + 1
     torso_y1 = torso_y0 + 42 * s
     leg_y1 = min(H - 4, torso_y1 + 50 * s)
-    # hair behind head (long / ponytail)
-    if ident.hair_style == 1:
-        d.rectangle((cx - head_r - 2, hy, cx + head_r + 2, hy + head_r * 2.4), fill=hair, label=TRAIT)
     d.ellipse((cx - head_r, hy - head_r, cx + head_r, hy + head_r), fill=skin, label=TRAIT)
     if ident.hair_style != 3:
         d.chord((cx - head_r - 1, hy - head_r - 2, cx + head_r + 1, hy + head_r * (1.6 if view == 1 else 0.3)),
                 180, 360, fill=hair, label=TRAIT)
-    if ident.hair_style == 2:
-        d.ellipse((cx + head_r - 3, hy - 4, cx + head_r + 6, hy + 8), fill=hair, label=TRAIT)
     if ident.glasses and view != 1:
         d.rectangle((cx - head_r, hy - 3, cx + head_r, hy + 3), fill=(10, 10, 10), label=TRAIT)
-    # arms: sleeve colour down to the elbow or the wrist, skin below
-    arm_w = 7 * ident.build
+    # arms (9 pixels wide): sleeve colour down to just below the shoulder or to the wrist, skin below
+    arm_w = 9 * ident.build
     for sx in (-1, 1):
         ax0, ax1 = (cx - bw / 2 - arm_w, cx - bw / 2) if sx < 0 else (cx + bw / 2, cx + bw / 2 + arm_w)
         if view == 2 and sx < 0:
             continue
-        elbow = torso_y0 + (36 if outfit.long_sleeves else 14) * s
+        elbow = torso_y0 + (38 if outfit.long_sleeves else 10) * s
         d.rectangle((ax0, torso_y0 + 1, ax1, elbow), fill=col(outfit.top), label=GARMENT)
-        d.rectangle((ax0, elbow, ax1, torso_y0 + 38 * s), fill=skin, label=TRAIT)
-    # legs / bottom garment
-    lw = bw / 2 - 1
-    knee = torso_y1 + (18 if outfit.bottom_kind == 1 else 42) * s
+        d.rectangle((ax0, elbow, ax1, torso_y0 + 40 * s), fill=skin, label=TRAIT)
+    # legs / bottom garment: trousers to the ankle, shorts to mid-thigh with a gap between the legs, a skirt
+    # flared wider than the hips
+    lw = bw / 2 - 2
+    knee = torso_y1 + (14 if outfit.bottom_kind == 1 else 42) * s
     if outfit.bottom_kind == 2:
-        d.polygon([(cx - bw / 2, torso_y1), (cx + bw / 2, torso_y1), (cx + bw / 2 + 5, torso_y1 + 24 * s),
-                   (cx - bw / 2 - 5, torso_y1 + 24 * s)], fill=col(outfit.bottom), label=GARMENT)
-        knee = torso_y1 + 24 * s
-    for lx0 in (cx - bw / 2 + 1, cx + 1):
+        knee = torso_y1 + 28 * s
+        d.polygon([(cx - bw / 2, torso_y1), (cx + bw / 2, torso_y1), (cx + bw / 2 + 9, knee),
+                   (cx - bw / 2 - 9, knee)], fill=col(outfit.bottom), label=GARMENT)
+    for lx0 in (cx - bw / 2 + 1, cx + 2):
         if outfit.bottom_kind != 2:
             _fill_pattern(d, (lx0, torso_y1, lx0 + lw - 1, min(knee, leg_y1)), col(outfit.bottom),
                           col(outfit.top2), outfit.bottom_pattern, GARMENT)
@@ -190,6 +199,17 @@ def render(ident: Identity, outfit: Outfit, cam: Camera, rng, with_mask: bool = 
     top_pattern = outfit.top_pattern if view != 1 or outfit.top_pattern != 3 else 0
     _fill_pattern(d, (cx - bw / 2, torso_y0, cx + bw / 2, torso_y1), col(outfit.top), col(outfit.top2),
                   top_pattern, GARMENT)
+    # hair over the shoulders, drawn after the torso (v5: long hair drawn behind the head was hidden by it)
+    if ident.hair_style == 1:  # long: strands beside the face to the chest, a sheet down the back
+        if view == 1:
+            d.rectangle((cx - head_r - 2, hy, cx + head_r + 2, torso_y0 + 16 * s), fill=hair, label=TRAIT)
+        else:
+            for x0 in (cx - head_r - 3, cx + head_r - 4):
+                d.rectangle((x0, hy - 2, x0 + 7, torso_y0 + 14 * s), fill=hair, label=TRAIT)
+    elif ident.hair_style == 2:  # ponytail: a bun on top and a tail hanging behind the head's side
+        d.ellipse((cx - 5, hy - head_r - 7, cx + 5, hy - head_r + 3), fill=hair, label=TRAIT)
+        tx = cx if view == 1 else cx + head_r - 1
+        d.rectangle((tx - 3, hy - head_r + 2, tx + 3, hy + head_r * 1.8), fill=hair, label=TRAIT)
     # bag
     bag_seen = 0
     if ident.bag == 1 and view != 0:

@@ -38,20 +38,23 @@ def corpus_rng(seed: int) -> np.random.Generator:
 
 
 def make_corpus(n_images: int, seed: int, height: int = 64, width: int = 32, per_person: int = 4,
-                cameras: int = 24, outfits: int = 80, progress: bool = False) -> Corpus:
-    """``n_images`` renders of ``n_images / per_person`` people, each in several outfits and cameras."""
+                cameras: int = 24, progress: bool = False) -> Corpus:
+    """``n_images`` renders of ``n_images / per_person`` people, each image in an outfit of its own.
+
+    A new outfit per image, not a catalogue: with 80 shared outfits the prior learned the outfits by heart
+    (sleeves 98% on corpus images, 54% on held-out people) instead of what sleeves look like.
+    """
     from tqdm import tqdm
 
     rng = corpus_rng(seed)
     cams = [_rand_camera(rng) for _ in range(cameras)]
-    catalogue = [_rand_outfit(rng) for _ in range(outfits)]
     n_people = -(-n_images // per_person)
     people = [_rand_identity(rng) for _ in range(n_people)]
     images = np.empty((n_images, height, width, 3), np.uint8)
     attrs, person = [], np.empty(n_images, np.int64)
     for i in tqdm(range(n_images), desc="corpus", disable=not (progress and sys.stderr.isatty())):
         p = i // per_person
-        outfit = catalogue[int(rng.integers(outfits))]
+        outfit = _rand_outfit(rng)
         seen: dict = {}
         img = render(people[p], outfit, cams[int(rng.integers(cameras))], rng, seen=seen)
         images[i] = np.asarray(img.resize((width, height), Image.BILINEAR))

@@ -1,6 +1,7 @@
 """``scireid pretrain``: contrastive image-text pretraining of a small open_clip CLIP on the corpus.
 
-open_clip provides the model classes, the tokenizer and ``ClipLoss``; scireid's engine provides
+open_clip provides the model classes and the tokenizer; the loss is CLIP's InfoNCE with label-aware targets
+and hard negatives (``contrastive_loss``, open_clip's ``ClipLoss`` when both are off); scireid's engine provides
 resumable atomic checkpoints, the progress bar, metrics.jsonl and TensorBoard. Square inputs:
 open_clip's ResNet takes a square image, so each person crop (H x W, W = H/2) is centred on a
 mean-grey H x H canvas; the ReID model later reads the unpadded crop with CLIP-ReID's surgery.
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, _coerce, _field_types
+from ..data.captions import ATTRIBUTES, alone_caption, caption_named, hard_negative
 from ..io_utils import atomic_write_json
 from .corpus import Corpus, make_corpus
 
@@ -31,8 +33,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass
 class PretrainConfig:
     arch: str = "synth-clip"
-    images: int = 16000
-    epochs: int = 12
+    images: int = 32000
+    epochs: int = 10
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -41,6 +43,10 @@ class PretrainConfig:
     width: int = 32
     seed: int = 0
     eval_images: int = 1200
+    alone: float = 0.3  # share of captions that name one attribute only
+    hard_negatives: bool = True  # one caption per image with one attribute changed, as an extra negative
+    label_aware: bool = True  # captions true of several images in the batch are positives for all of them
+    attribute_loss: float = 1.0  # weight of the attribute-caption loss (0: off); see PretrainTask.step
     threads: int = 0  # torch threads (0: torch's default)
     stop_after_steps: int = 0  # stop (as if killed) after N steps: for testing resume
 
@@ -60,6 +66,10 @@ def pretrain_config(overrides: list[str] | tuple[str, ...] = ()) -> PretrainConf
             raise ConfigError(f"{k}={getattr(cfg, k)}: expected a positive integer")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ConfigError(f"lr={cfg.lr}: expected a positive number")
+    if not (cfg.attribute_loss >= 0 and math.isfinite(cfg.attribute_loss)):
+        raise ConfigError(f"attribute_loss={cfg.attribute_loss}: expected a number >= 0")
+    if not 0 <= cfg.alone <= 1:
+        raise ConfigError(f"alone={cfg.alone}: expected a share between 0 and 1")
     if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
         raise ConfigError(f"weight_decay={cfg.weight_decay}: expected a number >= 0")
     for k in ("warmup_steps", "threads", "stop_after_steps"):
@@ -104,6 +114,62 @@ def to_square_batch(images: np.ndarray, flip: np.ndarray | None = None) -> torch
     return out
 
 
+def consistency(named: np.ndarray, visible: np.ndarray) -> torch.Tensor:
+    """(captions, images) bool: every attribute a caption names is visible in the image with that class.
+    ``named``: (C, A) class or -1 where not named; ``visible``: (B, A) class or -1 where not visible."""
+    ok = (named[:, None, :] < 0) | (named[:, None, :] == visible[None, :, :])
+    return torch.from_numpy(ok.all(-1))
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, match: torch.Tensor | None = None,
+                     negatives: torch.Tensor | None = None, neg_match: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE, with two changes that our captions need.
+
+    Label-aware targets (``match[c, b]``: caption c is true of image b): a partial caption such as "a person
+    in black shoes" is true of a fifth of a batch, and plain InfoNCE pushes those images away from it. The
+    target is spread evenly over the true pairs (as in UniCL / supervised contrastive learning). Hard
+    negatives (``negatives``, one text per image, ``neg_match`` their truth against the images) join the
+    image-to-text softmax only (NegCLIP). With ``match`` the identity and no negatives this is open_clip's
+    ``ClipLoss``.
+    """
+    b = img.shape[0]
+    match = torch.eye(b, dtype=torch.bool) if match is None else match
+    texts, tmatch = txt, match
+    if negatives is not None:
+        texts = torch.cat([txt, negatives])
+        tmatch = torch.cat([match, neg_match if neg_match is not None else torch.zeros(b, b, dtype=torch.bool)])
+    logits_i2t = scale * img @ texts.T  # (B, T)
+    target_i2t = tmatch.T.to(logits_i2t.dtype)
+    target_i2t = target_i2t / target_i2t.sum(1, keepdim=True)
+    logits_t2i = scale * txt @ img.T  # (B, B): hard negatives are not asked to find an image
+    target_t2i = match.to(logits_t2i.dtype)
+    target_t2i = target_t2i / target_t2i.sum(1, keepdim=True)
+    loss_i = -(target_i2t * logits_i2t.log_softmax(1)).sum(1).mean()
+    loss_t = -(target_t2i * logits_t2i.log_softmax(1)).sum(1).mean()
+    return (loss_i + loss_t) / 2
+
+
+def attribute_loss(img: torch.Tensor, class_txt: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each image picks its true class of every attribute it shows among one caption per class.
+
+    ``class_txt`` holds, attribute after attribute in ``ATTRIBUTES`` order, one caption per class that names
+    that class alone, all in one wording drawn from the corpus's own generator (so the held-out evaluation
+    wordings stay unseen); ``labels`` (B, attributes) is the class, or -1 where not visible. This is the
+    batch contrastive loss's "alone" caption with every other class as its hard negative: in-batch negatives
+    alone rarely oppose "long-sleeved" to "short-sleeved" in the same words. Mean cross-entropy over the
+    visible (image, attribute) pairs.
+    """
+    losses, start = [], 0
+    for j, a in enumerate(ATTRIBUTES):
+        k = len(a.classes)
+        seen = labels[:, j] >= 0
+        if seen.any():
+            logits = scale * img[seen] @ class_txt[start:start + k].T
+            losses.append(torch.nn.functional.cross_entropy(logits, labels[seen, j], reduction="sum"))
+        start += k
+    return torch.stack(losses).sum() / (labels >= 0).sum().clamp(min=1)
+
+
 def tokenizer():
     import open_clip
     return open_clip.get_tokenizer("RN50-quickgelu")  # CLIP's BPE, shipped inside open_clip
@@ -114,11 +180,10 @@ class PretrainTask:
     name = "pretrain"
 
     def __init__(self, model: torch.nn.Module, corpus: Corpus, cfg: PretrainConfig):
-        from open_clip.loss import ClipLoss
-
         self.model, self.corpus, self.cfg = model, corpus, cfg
         self.epochs = cfg.epochs
-        self.loss_fn = ClipLoss()
+        self.attr_names = [a.name for a in ATTRIBUTES]
+        self.visible = np.array([[at.get(n, -1) for n in self.attr_names] for at in corpus.attrs], np.int64)
         self.tok = tokenizer()
         self.ctx_len = model.positional_embedding.shape[0]
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -152,21 +217,54 @@ class PretrainTask:
         bs = self.cfg.batch_size
         for b in range(self._start, self.steps_per_epoch):
             idx = np.sort(order[b * bs:(b + 1) * bs])
-            texts = [self.corpus.caption(int(i), np.random.default_rng([self.cfg.seed, self._epoch, int(i)])) for i in idx]
+            texts, named, neg_texts, neg_named = [], [], [], []
+            for i in idx:
+                seed = [self.cfg.seed, self._epoch, int(i)]
+                text, nd = caption_named(self.corpus.attrs[i], np.random.default_rng(seed), self.cfg.alone)
+                texts.append(text)
+                named.append(nd)
+                if self.cfg.hard_negatives:
+                    text, nd = hard_negative(self.corpus.attrs[i], nd, seed, self.cfg.alone)
+                    neg_texts.append(text)
+                    neg_named.append(nd)
+            vis = self.visible[idx]
+            match = consistency(self._vectors(named), vis) if self.cfg.label_aware else None
+            neg = None
+            if neg_texts:
+                neg_match = consistency(self._vectors(neg_named), vis)
+                if not self.cfg.label_aware:  # only an accidental true "negative" of its own image counts
+                    neg_match = neg_match & torch.eye(len(idx), dtype=torch.bool)
+                neg = (self.tok(neg_texts, context_length=self.ctx_len), neg_match)
+            classes = None
+            if self.cfg.attribute_loss:  # every class of every attribute, each attribute in one wording this step
+                classes = [alone_caption(a.name, k, np.random.default_rng([self.cfg.seed, self._epoch, b, j]))[0]
+                           for j, a in enumerate(ATTRIBUTES) for k in range(len(a.classes))]
+                classes = (self.tok(classes, context_length=self.ctx_len), torch.from_numpy(vis))
             yield (to_square_batch(self.corpus.images[idx], flips[idx]),
-                   self.tok(texts, context_length=self.ctx_len), b)
+                   self.tok(texts, context_length=self.ctx_len), match, neg, classes, b)
+
+    def _vectors(self, named: list[dict[str, int]]) -> np.ndarray:
+        return np.array([[nd.get(n, -1) for n in self.attr_names] for nd in named], np.int64)
 
     def step(self, batch, epoch: int) -> tuple[torch.Tensor, dict[str, float], int]:
-        images, text, b = batch
+        images, text, match, neg, classes, b = batch
         step = epoch * self.steps_per_epoch + b
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(step)
         self.model.train()
-        img_f, txt_f, scale = self.model(images, text)
-        loss = self.loss_fn(img_f, txt_f, scale)
+        n, n_neg = len(text), 0 if neg is None else len(neg[0])
+        texts = torch.cat([text] + ([neg[0]] if neg is not None else []) + ([classes[0]] if classes is not None else []))
+        img_f, txt_f, scale = self.model(images, texts)
+        neg_f, neg_match = (None, None) if neg is None else (txt_f[n:n + n_neg], neg[1])
+        loss = contrastive_loss(img_f, txt_f[:n], scale, match, neg_f, neg_match)
+        logs = {}
+        if classes is not None:
+            attr = attribute_loss(img_f, txt_f[n + n_neg:], scale, classes[1])
+            logs["attr_loss"] = float(attr.detach())
+            loss = loss + self.cfg.attribute_loss * attr
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))  # open_clip's training loop does the same
-        return loss, {"loss": float(loss.detach()), "logit_scale": float(scale.detach()), "lr": self.opt.param_groups[0]["lr"]}, len(images)
+        return loss, {"loss": float(loss.detach()), **logs, "logit_scale": float(scale.detach()), "lr": self.opt.param_groups[0]["lr"]}, len(images)
 
     def meta(self) -> dict[str, Any]:
         return {"spec": {"arch": self.cfg.arch, "prior": True}, "pretrain": dataclasses.asdict(self.cfg)}
