@@ -87,7 +87,7 @@ def train_cnn(train, test, epochs: int, batch: int = 128, seed: int = 0) -> dict
             loss.backward()
             opt.step()
             sched.step()
-        print(f"  epoch {ep + 1}/{epochs}: loss {float(loss):.3f}", file=sys.stderr, flush=True)
+        print(f"  epoch {ep + 1}/{epochs}: loss {loss.detach().item():.3f}", file=sys.stderr, flush=True)
     net.eval()
     xs, ys = to_tensor(test.images), labels(test.attrs)
     with torch.no_grad():

@@ -272,7 +272,14 @@ def test_pretrain_cli_and_eval(tmp_path, capsys):
     prov = json.loads((tmp_path / "p" / "provenance.json").read_text())
     assert prov["command"].startswith("scireid pretrain") and prov["config"]["images"] == 64
     assert main(["pretrain", "--eval", str(tmp_path / "p" / "tiny-prior.safetensors"), "--arch", "tiny-prior"]) == 0
-    assert "image->caption R@1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "image->caption R@1" in out and "held-out 1" in out and "held-out 2" in out and "worst" in out
+    assert main(["pretrain", "--eval", str(tmp_path / "p" / "tiny-prior.safetensors"), "--arch", "tiny-prior",
+                 "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)["attributes"]["skin"]
+    assert set(rec["templates"]) == {"seen", "held-out 1", "held-out 2"}
+    assert rec["worst_held_out"] == min(rec["templates"]["held-out 1"], rec["templates"]["held-out 2"])
+    assert rec["worst"] <= rec["worst_held_out"] and {"chance", "majority"} <= set(rec)
     assert main(["pretrain", "--eval", str(tmp_path / "p" / "tiny-prior.safetensors")]) == 2  # not a synth-clip file
     assert "not an open_clip synth-clip state dict" in capsys.readouterr().err
     assert main(["pretrain", "--out", str(tmp_path / "q"), "arch=tiny-prior"]) == 2  # 32x32 arch at height 64

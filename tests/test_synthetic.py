@@ -149,3 +149,39 @@ def test_larger_test_split_keeps_training_images_and_adds_people(synth, tmp_path
         generate_complete(tmp_path / "small", ids=40, seed=3, test_ids=5)
     with pytest.raises(DatasetError, match="test_ids=20"):  # a cached set of other split sizes is not reused
         ensure_synthetic(synth, ids=40, seed=3, test_ids=30)
+
+
+def _clean_camera():
+    from scireid.data.synthetic import Camera
+    return Camera((90, 160, 90), (90, 160, 90), 1.0, (1.0, 1.0, 1.0), 0.0, 0.0)
+
+
+def test_v5_drawing_keeps_every_attribute_visible_at_half_size():
+    """The drawing contract behind the visibility table: what names an attribute survives the demo's 2x
+    downsampling (stripes, sleeves, long hair), and a pattern's second colour always contrasts."""
+    from PIL import Image
+
+    from scireid.data.synthetic import HAIR, PALETTE, Identity, Outfit, _rand_outfit, render
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        o = _rand_outfit(rng)
+        assert np.linalg.norm(PALETTE[o.top] - PALETTE[o.top2]) > 120
+    person = Identity(skin=0, hair=0, hair_style=0, height=1.0, build=1.0, head=1.0, shoes=0, glasses=False, bag=0)
+
+    def half(ident, outfit, seed=1):
+        img = render(ident, outfit, _clean_camera(), np.random.default_rng(seed))
+        return np.asarray(img.resize((32, 64), Image.BILINEAR), dtype=np.float64)
+
+    plain = Outfit(top=1, top_pattern=0, top2=4, long_sleeves=False, bottom=5, bottom_pattern=0, bottom_kind=0)
+    striped = Outfit(**{**vars(plain), "top_pattern": 1})
+    # stripes: the torso's rows alternate at half size (row-to-row change far above a plain top's)
+    torso = (slice(14, 30), slice(12, 20))
+    rows = lambda a: np.abs(np.diff(a[torso].mean(1), axis=0)).mean()  # noqa: E731
+    assert rows(half(person, striped)) > 10 * max(rows(half(person, plain)), 1.0)
+    # sleeves: the top's colour reaches much further down the arm
+    long = Outfit(**{**vars(plain), "long_sleeves": True})
+    blue = lambda a: int((np.linalg.norm(a - PALETTE[1], axis=-1) < 40).sum())  # noqa: E731
+    assert blue(half(person, long)) >= blue(half(person, plain)) + 15
+    # long hair shows over the shoulders, not only behind the head
+    hair = lambda a: int((np.linalg.norm(a - HAIR[0], axis=-1) < 40).sum())  # noqa: E731
+    assert hair(half(Identity(**{**vars(person), "hair_style": 1}), plain)) >= hair(half(person, plain)) + 15
