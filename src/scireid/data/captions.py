@@ -47,15 +47,11 @@ class Attribute:
     def verb(self) -> str:
         return "with" if self.identity else "wearing"
 
-    @property
-    def template(self) -> str:
-        """The prompt the project decodes with; the corpus's captions can produce it word for word."""
-        return f"a photo of a person {self.verb} {self.noun}"
-
     def phrase(self, k: int, template: str | None = None) -> str:
-        """Class ``k`` in ``template`` (one of ``EVAL_TEMPLATES``' values; default: ``self.template``)."""
-        text = template.format(np=self.noun, verb=self.verb, has="has" if self.identity else "wears") \
-            if template else self.template
+        """Class ``k`` in ``template``, one of ``EVAL_TEMPLATES``' values; by default the "seen" wording, the
+        prompt the project decodes with (the corpus's captions can produce it word for word)."""
+        text = (template or EVAL_TEMPLATES["seen"]).format(np=self.noun, verb=self.verb,
+                                                           has="has" if self.identity else "wears")
         return re.sub(r"\ba (?=[aeiou])", "an ", text.format(self.classes[k]))
 
 
@@ -246,17 +242,16 @@ def caption_named(attrs: dict[str, int], rng: np.random.Generator, alone: float 
     if alone and rng.random() < alone:
         name = str(rng.choice(sorted(attrs)))
         return alone_caption(name, attrs[name], rng)
-    else:
-        mode = rng.choice(3)  # 0 traits only, 1 clothes only, 2 both
-        tp = _trait_phrases(attrs, rng) if mode in (0, 2) else []
-        cp = _clothes_phrases(attrs, rng) if mode in (1, 2) else []
-        for lst in (tp, cp):
-            rng.shuffle(lst)
-        if mode == 2:  # alt-text is partial: drop some of each, keep at least one
-            tp = tp[: max(1, int(rng.integers(1, len(tp) + 1)))] if tp else []
-            cp = cp[: int(rng.integers(1, len(cp) + 1))] if cp else []
-        named = {k: v for _, n in tp + cp for k, v in n.items()}
-        traits, clothes = [t for t, _ in tp], [t for t, _ in cp]
+    mode = rng.choice(3)  # 0 traits only, 1 clothes only, 2 both
+    tp = _trait_phrases(attrs, rng) if mode in (0, 2) else []
+    cp = _clothes_phrases(attrs, rng) if mode in (1, 2) else []
+    for lst in (tp, cp):
+        rng.shuffle(lst)
+    if mode == 2:  # alt-text is partial: drop some of each, keep at least one
+        tp = tp[: max(1, int(rng.integers(1, len(tp) + 1)))] if tp else []
+        cp = cp[: int(rng.integers(1, len(cp) + 1))] if cp else []
+    named = {k: v for _, n in tp + cp for k, v in n.items()}
+    traits, clothes = [t for t, _ in tp], [t for t, _ in cp]
     subject = str(rng.choice(SUBJECTS))
     opener = str(rng.choice(OPENERS))
     parts = []

@@ -73,9 +73,12 @@ def _rand_identity(rng) -> Identity:
                     int(rng.integers(len(SHOES))), bool(rng.random() < 0.3), int(rng.choice(3, p=[0.6, 0.2, 0.2])))
 
 
+# per palette colour, the colours far from it (RGB distance > 120): a pattern's second colour, so it shows
+_FAR = [[j for j in range(len(PALETTE)) if np.linalg.norm(PALETTE[j] - PALETTE[i]) > 120] for i in range(len(PALETTE))]
+
+
 def _contrasting(rng, base: int) -> int:
-    """A second colour far from ``base`` (RGB distance > 120), so stripes, checks and logos show."""
-    far = [i for i in range(len(PALETTE)) if np.linalg.norm(PALETTE[i] - PALETTE[base]) > 120]
+    far = _FAR[base]
     return int(far[int(rng.integers(len(far)))])
 
 
