@@ -47,7 +47,7 @@ def test_stopped_synth_output_is_refused_by_every_reader(tmp_path, capsys, monke
     monkeypatch.setattr(syn, "generate", killed)
     with pytest.raises(KeyboardInterrupt):
         syn.generate_complete(tmp_path / "s", ids=4, seed=0)
-    partial = tmp_path / "s.partial"
+    (partial,) = tmp_path.glob(".s.*.tmp")  # durable.stage_dir's staging folder, beside the target
     assert partial.is_dir() and not (tmp_path / "s").exists()
     one_line_error(capsys, ["datasets", "check", "ltcc", str(partial)], "unfinished", "scireid synth")
     one_line_error(capsys, ["datasets", "stats", "synthetic", str(partial)], "unfinished")
@@ -170,9 +170,11 @@ def test_unfinished_run_says_which_checkpoint_it_uses(full_run, tmp_path, capsys
     shutil.copytree(full_run[0], run, ignore=shutil.ignore_patterns(".scireid.lock"))
     (run / "model_last.safetensors").unlink()
     import logging
-    with caplog.at_level(logging.WARNING, logger="scireid"):
-        assert main(["eval", str(run)]) == 0
-    assert any("unfinished" in r.message and "model_best" in r.message for r in caplog.records)
+    for argv in (["eval", str(run)], ["export", str(run), "--out", str(tmp_path / "m.onnx")]):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="scireid"):
+            assert main(argv) == 0
+        assert any("unfinished" in r.message and "model_best" in r.message for r in caplog.records), argv[0]
 
 
 def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, capsys):

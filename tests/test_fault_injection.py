@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,20 +21,110 @@ import pytest
 
 CHILD = Path(__file__).with_name("fault_child.py")
 LEFTOVER = (".tmp", ".partial", ".done-", ".parts", ".old")
+FULL = os.environ.get("SCIREID_FAULT_SWEEP") == "all"
+# the system calls that change files, for the strace sweep: what Python's own hooks cannot see (safetensors,
+# torch.save, faiss, sqlite and PIL write from C or Rust) is killed here too
+STRACE_CALLS = ("openat", "rename", "renameat", "renameat2", "unlink", "unlinkat", "rmdir", "mkdir", "mkdirat",
+                "ftruncate")
+WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")
+STRACE = shutil.which("strace")
 
 
-def run_child(argv: list[str], trace: Path, kill_at: int, cwd: Path) -> int:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.run([sys.executable, str(CHILD), str(trace), str(kill_at), "--", *argv], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=600)
-    return p.returncode
+def _env() -> dict[str, str]:
+    # no .pyc writes (they would shift the system-call counts between runs); one thread, as in the child
+    return dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
 
 
-def trace_ops(argv: list[str], tmp: Path) -> list[str]:
-    trace = tmp / "trace.txt"
-    trace.unlink(missing_ok=True)
-    assert run_child(argv, trace, 0, tmp) == 0
-    return trace.read_text().splitlines()
+class PythonKills:
+    """Kill just before the Nth file operation of the Python process (``fault_child.py``'s hooks)."""
+    name = "python"
+    ci_points = 3
+
+    def trace(self, argv: list[str], work: Path) -> list[str]:
+        trace = work / "trace.txt"
+        trace.unlink(missing_ok=True)
+        assert self._run(argv, trace, 0, work) == 0
+        ops = trace.read_text().splitlines()
+        trace.unlink()
+        return ops
+
+    def kill(self, argv: list[str], work: Path, k: int) -> bool:
+        trace = work / "trace.txt"
+        rc = self._run(argv, trace, k, work)
+        trace.unlink(missing_ok=True)
+        return rc == 137
+
+    @staticmethod
+    def _run(argv, trace: Path, kill_at: int, cwd: Path) -> int:
+        p = subprocess.run([sys.executable, str(CHILD), str(trace), str(kill_at), "--", *argv], cwd=cwd, env=_env(),
+                           capture_output=True, text=True, timeout=600)
+        return p.returncode
+
+
+class StraceKills:
+    """Kill with SIGKILL at the Nth file-changing system call of the command (``strace -e inject``): every write
+    path, whichever language the library that writes is in. The main thread's calls are counted and injected
+    (no ``-f``): scireid writes from it; loader workers only read."""
+    name = "strace"
+    ci_points = 1  # CI's time budget: the middle call of each writer; the full sweep kills at every one
+
+    def __init__(self):
+        self.points: list[tuple[str, int, str]] = []
+
+    def trace(self, argv: list[str], work: Path) -> list[str]:
+        out = work / "strace.txt"
+        p = self._run(argv, work, ["-e", "trace=" + ",".join(STRACE_CALLS)], out)
+        assert p.returncode == 0, p.stderr[-400:]
+        self.points = [(c, n, _norm(path, work)) for c, n, path in file_changes(out.read_text(), work)]
+        out.unlink()
+        return [f"{c} #{n} {path}" for c, n, path in self.points]
+
+    def kill(self, argv: list[str], work: Path, k: int) -> bool:
+        """True when the command died at the traced call: the same call, number and (normalised) path."""
+        call, n, path = self.points[k - 1]
+        out = work.parent / f".{work.name}.strace.txt"  # outside the work dir: not a leftover of the command
+        p = self._run(argv, work, ["-e", f"trace={call}", "-e", f"inject={call}:signal=KILL:when={n}"], out)
+        hit = file_changes(out.read_text(), work, keep_all=True)
+        out.unlink()
+        return p.returncode in (-9, 137) and bool(hit) and hit[-1][:2] == (call, n) and _norm(hit[-1][2], work) == path
+
+    @staticmethod
+    def _run(argv, work: Path, opts: list[str], out: Path | None):
+        cmd = [STRACE, "-qq", "-o", str(out) if out else os.devnull, *opts, sys.executable, "-m", "scireid.cli", *argv]
+        return subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def _norm(path: str, work: Path) -> str:
+    """A path with the work folder and the random parts of temporary names taken out, to compare two runs."""
+    import re
+    path = path.replace(str(work), "W")
+    return re.sub(r"tmp[A-Za-z0-9_]{6,}", "tmpX", re.sub(r"\.\d+-[A-Za-z0-9_]+\.tmp", ".P.tmp", path))
+
+
+def file_changes(trace: str, work: Path, keep_all: bool = False) -> list[tuple[str, int, str]]:
+    """(system call, its invocation number, path) of every call in an strace log that changes a file in
+    ``work``: opens for writing, renames, unlinks, mkdirs, truncations. Relative names (``unlinkat(fd, "x")``
+    inside ``shutil.rmtree``) count: the command only removes its own files. Invocation numbers count every
+    call of that name, as ``inject=...:when=N`` does."""
+    import re
+    seen: dict[str, int] = {}
+    points = []
+    for line in trace.splitlines():
+        m = re.match(r"(\w+)\((.*)\)\s+=", line)
+        if not m or m.group(1) not in STRACE_CALLS:
+            continue
+        call, args = m.groups()
+        seen[call] = seen.get(call, 0) + 1
+        paths = re.findall(r'"((?:[^"\\]|\\.)*)"', args)
+        if not paths:
+            continue
+        ours = any(p.startswith(str(work)) or not p.startswith("/") for p in paths)
+        if call == "openat" and not any(f in args for f in WRITE_FLAGS):
+            continue
+        if ours:
+            points.append((call, seen[call], paths[-1]))
+    return points
 
 
 def leftovers(root: Path) -> list[str]:
@@ -47,34 +138,40 @@ def rerun(argv: list[str]) -> tuple[int, str]:
     return p.returncode, p.stderr.strip()
 
 
-def points(n: int, full: bool) -> list[int]:
-    """Every kill point, or in CI three of them: the first, the middle and the last operation."""
-    if full or n <= 3:
+def points(n: int, full: bool, ci: int = 3) -> list[int]:
+    """Every kill point, or in CI ``ci`` of them: the first, the middle and the last operation (1: the middle)."""
+    if full or n <= ci:
         return list(range(1, n + 1))
-    return sorted({1, (n + 1) // 2, n})
+    return [(n + 1) // 2] if ci == 1 else sorted({1, (n + 1) // 2, n})
 
 
-FULL = os.environ.get("SCIREID_FAULT_SWEEP") == "all"
+def killers():
+    """Both ways to kill: Python's hooks, and strace where it is installed and may trace (CI containers may
+    forbid ptrace)."""
+    out = [pytest.param(PythonKills, id="python")]
+    mark = pytest.mark.skipif(not STRACE or subprocess.run([STRACE, "-qq", "-o", os.devnull, "true"]).returncode != 0,
+                              reason="strace is not installed or may not trace here")
+    return out + [pytest.param(StraceKills, id="strace", marks=mark)]
 
 
-def sweep(name: str, make_argv, check, tmp_path: Path, prepare=None) -> dict[str, int]:
+def sweep(name: str, make_argv, check, tmp_path: Path, prepare=None, killer=PythonKills) -> dict[str, int]:
     """Kill ``name``'s command at each traced operation, re-run it, ``check`` the result; returns the counts."""
+    killer = killer()
     clean = tmp_path / "clean"
     clean.mkdir()
     if prepare:
         prepare(clean)
-    ops = trace_ops(make_argv(clean), clean)
+    ops = killer.trace(make_argv(clean), clean)
     assert ops, f"{name}: no file operation traced"
     expected = check(clean, None)
     counts = {"operations": len(ops), "killed": 0, "completed": 0, "refused": 0}
-    for k in points(len(ops), FULL):
+    for k in points(len(ops), FULL, killer.ci_points):
         w = tmp_path / f"k{k}"
         w.mkdir()
         if prepare:
             prepare(w)
         argv = make_argv(w)
-        rc = run_child(argv, w / "trace.txt", k, w)
-        assert rc == 137, f"{name}: kill point {k} ({ops[k - 1]}) was not reached (exit {rc})"
+        assert killer.kill(argv, w, k), f"{name}: kill point {k} ({ops[k - 1]}) was not reached"
         counts["killed"] += 1
         rc, err = rerun(argv)
         assert rc in (0, 2), f"{name} after a kill at {ops[k - 1]}: exit {rc}: {err[-400:]}"
@@ -90,18 +187,19 @@ def sweep(name: str, make_argv, check, tmp_path: Path, prepare=None) -> dict[str
     return counts
 
 
-def sweep_resumable(name: str, make_argv, check, tmp_path: Path, out: str) -> dict[str, int]:
+def sweep_resumable(name: str, make_argv, check, tmp_path: Path, out: str, killer=PythonKills) -> dict[str, int]:
     """``sweep`` for a run that resumes: the documented recovery is the same command with --resume, refused in one
     line when nothing had started (then the plain command starts it afresh). ``out``: the run folder in a work dir."""
+    killer = killer()
     clean = tmp_path / "clean"
     clean.mkdir()
-    ops = trace_ops(make_argv(clean), clean)
+    ops = killer.trace(make_argv(clean), clean)
     expected = check(clean, None)
     counts = {"operations": len(ops), "killed": 0, "completed": 0, "refused": 0}
-    for k in points(len(ops), FULL):
+    for k in points(len(ops), FULL, killer.ci_points):
         w = tmp_path / f"k{k}"
         w.mkdir()
-        assert run_child(make_argv(w), w / "trace.txt", k, w) == 137, f"{name}: kill point {k} not reached"
+        assert killer.kill(make_argv(w), w, k), f"{name}: kill point {k} ({ops[k - 1]}) not reached"
         counts["killed"] += 1
         rc, err = rerun(make_argv(w) + ["--resume"])
         if rc == 2 and "holds no run to resume" in err:  # killed before the run existed: start it afresh
@@ -116,14 +214,15 @@ def sweep_resumable(name: str, make_argv, check, tmp_path: Path, out: str) -> di
     return counts
 
 
-def _write_counts(name: str, counts: dict[str, int]) -> None:
+def _write_counts(name: str, counts: dict[str, int], killer=PythonKills) -> None:
     out = os.environ.get("SCIREID_FAULT_COUNTS")
     if out:
         with open(out, "a") as f:
-            f.write(json.dumps({"writer": name, **counts}) + "\n")
+            f.write(json.dumps({"writer": name, "kills": killer.name, **counts}) + "\n")
 
 
-def test_synth_survives_a_kill_at_every_operation(tmp_path):
+@pytest.mark.parametrize("killer", killers())
+def test_synth_survives_a_kill_at_every_operation(tmp_path, killer):
     def argv(w):
         return ["synth", str(w / "data"), "--ids", "4", "--val-ids", "2"]
 
@@ -131,11 +230,12 @@ def test_synth_survives_a_kill_at_every_operation(tmp_path):
         meta = json.loads((w / "data" / "synthetic.json").read_text())
         names = sorted(p.name for p in (w / "data").rglob("*.png"))
         return meta["images"], len(names)
-    counts = sweep("synth", argv, check, tmp_path)
-    _write_counts("synth", counts)
+    counts = sweep("synth", argv, check, tmp_path, killer=killer)
+    _write_counts("synth", counts, killer)
 
 
-def test_embed_survives_a_kill_at_every_operation(full_run, data_root, tmp_path):
+@pytest.mark.parametrize("killer", killers())
+def test_embed_survives_a_kill_at_every_operation(full_run, data_root, tmp_path, killer):
     def argv(w):
         return ["embed", str(full_run[0]), str(data_root / "query"), "--out", str(w / "feats.npy"), "--chunk", "8"]
 
@@ -145,11 +245,12 @@ def test_embed_survives_a_kill_at_every_operation(full_run, data_root, tmp_path)
         paths = [r["path"] for r in side["rows"]]
         assert len(paths) == len(set(paths))  # no row twice
         return len(paths), round(float(np.asarray(feats).sum()), 4)
-    counts = sweep("embed", argv, check, tmp_path)
-    _write_counts("embed", counts)
+    counts = sweep("embed", argv, check, tmp_path, killer=killer)
+    _write_counts("embed", counts, killer)
 
 
-def test_index_build_and_add_survive_a_kill_at_every_operation(full_run, data_root, tmp_path):
+@pytest.mark.parametrize("killer", killers())
+def test_index_build_and_add_survive_a_kill_at_every_operation(full_run, data_root, tmp_path, killer):
     import shutil
 
     base = tmp_path / "base"
@@ -168,8 +269,8 @@ def test_index_build_and_add_survive_a_kill_at_every_operation(full_run, data_ro
         paths = [r["path"] for r in idx.rows]
         assert len(paths) == len(set(paths))  # never a duplicated row
         return len(idx)
-    counts = sweep("index add", argv, check, tmp_path, prepare)
-    _write_counts("index add", counts)
+    counts = sweep("index add", argv, check, tmp_path, prepare, killer=killer)
+    _write_counts("index add", counts, killer)
 
     def argv_build(w):
         return ["index", "build", str(full_run[0]), str(data_root / "query"), "--out", str(w / "idx2")]
@@ -178,7 +279,7 @@ def test_index_build_and_add_survive_a_kill_at_every_operation(full_run, data_ro
         from scireid.deploy.index import Index
         return len(Index.load(w / "idx2"))
     (tmp_path / "b").mkdir()
-    _write_counts("index build", sweep("index build", argv_build, check_build, tmp_path / "b"))
+    _write_counts("index build", sweep("index build", argv_build, check_build, tmp_path / "b", killer=killer), killer)
 
     from scireid.deploy.index import Index
     pid = next(r["pid"] for r in Index.load(base / "idx").rows if r["pid"] >= 0)
@@ -192,10 +293,12 @@ def test_index_build_and_add_survive_a_kill_at_every_operation(full_run, data_ro
         assert live and all(r["pid"] != pid for r in live) and len(live) == len(idx)
         return len(idx), len(idx.rows)
     (tmp_path / "r").mkdir()
-    _write_counts("index remove", sweep("index remove", argv_remove, check_remove, tmp_path / "r", prepare))
+    counts = sweep("index remove", argv_remove, check_remove, tmp_path / "r", prepare, killer=killer)
+    _write_counts("index remove", counts, killer)
 
 
-def test_train_survives_a_kill_at_every_operation(data_root, tmp_path):
+@pytest.mark.parametrize("killer", killers())
+def test_train_survives_a_kill_at_every_operation(data_root, tmp_path, killer):
     """The documented recovery is the same command with --resume (refused in one line when nothing started)."""
     from test_faults import train_args
 
@@ -210,11 +313,12 @@ def test_train_survives_a_kill_at_every_operation(data_root, tmp_path):
         assert (w / "run" / "model_last.safetensors").is_file() and (w / "run" / "results.json").is_file()
         return sorted(keys)
 
-    counts = sweep_resumable("train", argv, check, tmp_path, "run")
-    _write_counts("train", counts)
+    counts = sweep_resumable("train", argv, check, tmp_path, "run", killer=killer)
+    _write_counts("train", counts, killer)
 
 
-def test_pretrain_survives_a_kill_at_every_operation(tmp_path):
+@pytest.mark.parametrize("killer", killers())
+def test_pretrain_survives_a_kill_at_every_operation(tmp_path, killer):
     """The prior's pretraining: killed at each file operation, then resumed; the weights equal an unkilled run's."""
     def argv(w):
         return ["pretrain", "--out", str(w / "p"), "--images", "64", "--epochs", "2", "arch=tiny-prior",
@@ -227,10 +331,11 @@ def test_pretrain_survives_a_kill_at_every_operation(tmp_path):
         sd = load_file(str(w / "p" / "tiny-prior.safetensors"))
         assert json.loads((w / "p" / "provenance.json").read_text())["zero_shot"]
         return hashlib.sha256(b"".join(sd[k].numpy().tobytes() for k in sorted(sd))).hexdigest()
-    _write_counts("pretrain", sweep_resumable("pretrain", argv, check, tmp_path, "p"))
+    _write_counts("pretrain", sweep_resumable("pretrain", argv, check, tmp_path, "p", killer=killer), killer)
 
 
-def test_report_survives_a_kill_at_every_operation(full_run, tmp_path):
+@pytest.mark.parametrize("killer", killers())
+def test_report_survives_a_kill_at_every_operation(full_run, tmp_path, killer):
     """The HTML report (and its analysis cache) written into a copy of a finished run, killed at each operation."""
     import shutil
 
@@ -245,10 +350,11 @@ def test_report_survives_a_kill_at_every_operation(full_run, tmp_path):
         text = page.read_text()
         assert text.rstrip().endswith("</html>")
         return page.relative_to(w).as_posix(), text.count("<img")
-    _write_counts("report", sweep("report", argv, check, tmp_path, prepare))
+    _write_counts("report", sweep("report", argv, check, tmp_path, prepare, killer=killer), killer)
 
 
-def test_export_survives_a_kill_at_every_operation(full_run, tmp_path):
+@pytest.mark.parametrize("killer", killers())
+def test_export_survives_a_kill_at_every_operation(full_run, tmp_path, killer):
     def argv(w):
         return ["export", str(full_run[0]), "--out", str(w / "m.onnx")]
 
@@ -256,7 +362,7 @@ def test_export_survives_a_kill_at_every_operation(full_run, tmp_path):
         import onnx
         m = onnx.load(str(w / "m.onnx"))
         return sorted(p.key for p in m.metadata_props)
-    _write_counts("export", sweep("export", argv, check, tmp_path))
+    _write_counts("export", sweep("export", argv, check, tmp_path, killer=killer), killer)
 
 
 def test_kill_after_the_evaluated_checkpoint_never_loses_the_metrics_row(data_root, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,7 +98,8 @@ def test_kill_at_each_step_of_save_recovers(tmp_path, monkeypatch, kill_at):
     real_replace, real_rmtree, real_save = os.replace, shutil.rmtree, torch.save
 
     def replace(a, b):
-        if str(a).endswith(".last.tmp") or str(b).endswith(".last.old") or str(b).endswith("last"):
+        if Path(a).name.startswith(".last.") and str(a).endswith(".tmp") or str(b).endswith(".last.old") \
+                or str(b).endswith("last"):
             calls["replace"] += 1
             if (kill_at == "first_rename" and calls["replace"] == 1) or (kill_at == "second_rename" and calls["replace"] == 2):
                 raise KeyboardInterrupt("killed")
@@ -112,8 +114,9 @@ def test_kill_at_each_step_of_save_recovers(tmp_path, monkeypatch, kill_at):
         if kill_at == "state_write":
             raise KeyboardInterrupt("killed")
         return real_save(obj, f, *a, **k)
-    monkeypatch.setattr(ck.os, "replace", replace)
-    monkeypatch.setattr(ck.shutil, "rmtree", rmtree)
+    import scireid.durable as durable
+    monkeypatch.setattr(durable.os, "replace", replace)  # every folder swap goes through durable
+    monkeypatch.setattr(durable.shutil, "rmtree", rmtree)
     monkeypatch.setattr(ck.torch, "save", save)
     with pytest.raises(KeyboardInterrupt):
         ck.save_state(d, model, {"epoch": 2}, {"epoch": 2})
@@ -181,7 +184,7 @@ def test_yaml_error_keeps_line_and_column(tmp_path, capsys):
 
 def test_full_disk_says_so(tmp_path, monkeypatch):
     import scireid.engine.checkpoint as ck
-    from scireid.io_utils import DiskFull
+    from scireid.durable import DiskFull
     model = torch.nn.Linear(2, 2)
     d = tmp_path / "last"
     ck.save_state(d, model, {}, {"epoch": 1})
@@ -211,7 +214,7 @@ def test_load_refuses_foreign_files_and_reads_stage2_last(full_run, data_root, t
 
 
 def test_strict_json_and_file_permissions(tmp_path):
-    from scireid.io_utils import atomic_write_json
+    from scireid.durable import atomic_write_json
     old = os.umask(0o022)
     try:
         p = atomic_write_json(tmp_path / "r.json", {"std": float("nan"), "x": [1.0, float("inf")]})

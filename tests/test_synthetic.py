@@ -63,6 +63,12 @@ def test_cli_synth_and_stats(tmp_path, capsys):
     st = json.loads(capsys.readouterr().out)
     assert st["splits"]["train"]["ids"] == 3
     assert main(["datasets", "check", "synthetic", str(tmp_path / "s")]) == 0
+    # the validation split is decoded too: a corrupt val/ image is found and named
+    (bad,) = sorted((tmp_path / "s" / "val").rglob("*.png"))[:1]
+    bad.write_bytes(bad.read_bytes()[:40])
+    capsys.readouterr()
+    assert main(["datasets", "check", "synthetic", str(tmp_path / "s")]) == 1
+    assert bad.name in capsys.readouterr().out
 
 
 def test_validation_split_holds_other_people_and_leaves_train_test_unchanged(synth, tmp_path):
@@ -114,7 +120,7 @@ def test_synth_is_all_or_nothing(tmp_path, monkeypatch, capsys):
     assert main(["synth", str(tmp_path / "s"), "--ids", "6"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
+    assert not list(tmp_path.iterdir())  # neither the dataset nor its staging folder
     monkeypatch.undo()
     # a folder that lost its completion record (an old in-place generation) is refused, in one line
     generate(tmp_path / "half", ids=4, seed=1)

@@ -102,12 +102,12 @@ def cmd_index(a) -> int:
 
 def _build_or_add(a, out, items, be, job, client, idx):
     """Embed into a folder inside the index (removed with it), then build or extend and save."""
-    import tempfile
     from pathlib import Path
 
     from .deploy.index import Index
+    from .durable import scratch_dir
     from .deploy.sharded import ShardedIndex, is_sharded
-    with tempfile.TemporaryDirectory(dir=out, prefix=".embed.", suffix=".tmp") as tmp:  # inside: cleaned with it
+    with scratch_dir(Path(out) / "embed") as tmp:  # inside the index folder: removed with it, or by its next writer
         feats, side, s = _embed_for_index(a, items, Path(tmp) / "feats.npy", be)
         if a.icmd == "build" and client is not None:
             idx = ShardedIndex.build(out, feats, side["rows"], side["fingerprint"], client, shards=a.shards,

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import load_config
-from .io_utils import atomic_write_json, atomic_write_text
+from .durable import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("scireid")
 

@@ -40,7 +40,7 @@ class LoadedRun:
 
         from ..engine.distributed import DistContext
         from ..engine.evaluation import test_features
-        from ..io_utils import atomic_write
+        from ..durable import atomic_write
         from ..deploy.backend import file_hash
         # keyed by the checkpoint's content (and the test split), not its name: a resumed run's new model_best
         # never meets the old one's features

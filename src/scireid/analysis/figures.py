@@ -3,6 +3,7 @@ t-SNE (Fig. 4) and ablation / parameter plots (Figs. 7-8)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..data.loading import read_image
+from ..durable import atomic_write, atomic_write_json, atomic_write_text
 from ..eval.metrics import per_query_ap, ranked_gallery
 from .common import LoadedRun, protocol_arrays
 
@@ -76,14 +78,15 @@ def retrieval_grid(run: LoadedRun, protocol: str | None = None, num_queries: int
         grid.paste(r, (0, y))
         y += r.height
     name = f"retrieval_{protocol}{'_worst' if worst else ''}"
-    grid.save(out / f"{name}.png")
-    (out / f"{name}.json").write_text(json.dumps({"protocol": protocol, "mode": p.mode, "queries": index}, indent=1))
-    with open(out / f"{name}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["query", "rank", "gallery", "distance", "same_id", "same_clothes"])
-        for q in index:
-            for g in q["gallery"]:
-                w.writerow([q["query"], g["rank"], g["path"], f"{g['distance']:.6f}", int(g["same_id"]), int(g["same_clothes"])])
+    atomic_write(out / f"{name}.png", lambda t: grid.save(t, format="PNG"))
+    atomic_write_json(out / f"{name}.json", {"protocol": protocol, "mode": p.mode, "queries": index}, indent=1)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["query", "rank", "gallery", "distance", "same_id", "same_clothes"])
+    for q in index:
+        for g in q["gallery"]:
+            w.writerow([q["query"], g["rank"], g["path"], f"{g['distance']:.6f}", int(g["same_id"]), int(g["same_clothes"])])
+    atomic_write_text(out / f"{name}.csv", buf.getvalue())
     return {"png": out / f"{name}.png", "csv": out / f"{name}.csv", "json": out / f"{name}.json", "queries": index}
 
 
@@ -159,7 +162,7 @@ def heatmaps(run: LoadedRun, num_ids: int = 4, max_outfits: int = 4, seed: int =
             panel.paste(Image.fromarray((im * 255).astype(np.uint8)), (k * w, 0))
             panel.paste(Image.fromarray(show_cam_on_image(im.astype(np.float32), cm, use_rgb=True)), (k * w, h))
         path = out / f"heatmap_id{pid}.png"
-        panel.save(path)
+        atomic_write(path, lambda t, panel=panel: panel.save(t, format="PNG"))
         files.append({"pid": pid, "png": path, "images": paths})
     return {"files": files}
 
@@ -222,9 +225,9 @@ def tsne(runs: Sequence[LoadedRun], labels: Sequence[str] | None = None, num_ids
     fig.tight_layout()
     out = out or base.out_dir("tsne")
     path = out / "tsne.png"
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
     plt.close(fig)
-    (out / "tsne.json").write_text(json.dumps({"ids": ids, "paths": [r.path for r in recs], "panels": coords}))
+    atomic_write_json(out / "tsne.json", {"ids": ids, "paths": [r.path for r in recs], "panels": coords}, indent=None)
     return {"png": path, "panels": [t for t, _ in panels], "num_points": len(recs)}
 
 
@@ -264,7 +267,7 @@ def ablation_plot(run_dirs: Sequence[str | Path], out: Path, labels: Sequence[st
         ax.legend(fontsize=7)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "ablation.png", dpi=90)
+    atomic_write(out / "ablation.png", lambda t: fig.savefig(t, dpi=90, format="png"))
     plt.close(fig)
     result = {"png": out / "ablation.png", "labels": list(labels)}
     lam = [(c["stage1"]["lambda1"], c["stage1"]["lambda2"], res) for _, res, c in runs]
@@ -285,7 +288,7 @@ def ablation_plot(run_dirs: Sequence[str | Path], out: Path, labels: Sequence[st
         ax.set_title(f"{proto} R-1")
         fig.colorbar(im)
         fig.tight_layout()
-        fig.savefig(out / "lambda_grid.png", dpi=90)
+        atomic_write(out / "lambda_grid.png", lambda t: fig.savefig(t, dpi=90, format="png"))
         plt.close(fig)
         result["grid_png"] = out / "lambda_grid.png"
     return result

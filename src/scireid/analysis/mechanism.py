@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..durable import atomic_write
 from ..data.captions import ATTRIBUTES, identity_attributes, outfit_attributes
 from ..data.synthetic import GARMENT, TRAIT, Identity, Outfit
 
@@ -287,7 +288,7 @@ def mechanism_figure(rows: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.set_xticklabels(names, rotation=20, fontsize=8)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda t: fig.savefig(t, dpi=90, format="png"))
     plt.close(fig)
     return path
 

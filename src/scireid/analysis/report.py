@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..durable import atomic_write, atomic_write_text
 from .common import LoadedRun, load_run
 
 log = logging.getLogger("scireid")
@@ -60,7 +61,7 @@ def save_epoch_figure(fig, axes, titles, path: Path, dpi: int = 80) -> Path:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    atomic_write(path, lambda t: fig.savefig(t, dpi=dpi, format=Path(path).suffix[1:] or "png"))
     plt.close(fig)
     return path
 
@@ -125,7 +126,6 @@ def build_report(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (
              "figure{margin:0.5em 0}pre{background:#f4f4f4;padding:0.5em;overflow-x:auto}")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>scireid report</title><style>{style}</style></head>" \
            f"<body>{''.join(parts)}</body></html>"
-    from ..io_utils import atomic_write_text
     path = atomic_write_text(rd / "report.html", page)
     log.info("report: %s", path)
     return path

@@ -232,16 +232,20 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def caption_named(attrs: dict[str, int], rng: np.random.Generator, alone: float = 0.0) -> tuple[str, dict[str, int]]:
+def caption_named(attrs: dict[str, int], rng: np.random.Generator, alone: float = 0.0,
+                  bare: float = 0.0) -> tuple[str, dict[str, int]]:
     """One natural caption naming a random subset of ``attrs``, and the classes it names (all true).
 
     With probability ``alone`` the caption names one visible attribute only ("a person in a striped top"):
     mixed captions name most attributes only beside others, and contrastive training then learns whichever
-    words are easiest to match, not each one.
+    words are easiest to match, not each one. With probability ``bare`` it is the noun phrases alone, as in
+    tag-like alt-text ("a red top and black trousers"): otherwise every caption opens with a person, and the
+    text tower only binds a colour to its garment after that opening.
     """
     if alone and rng.random() < alone:
         name = str(rng.choice(sorted(attrs)))
         return alone_caption(name, attrs[name], rng)
+    is_bare = bool(bare) and rng.random() < bare
     mode = rng.choice(3)  # 0 traits only, 1 clothes only, 2 both
     tp = _trait_phrases(attrs, rng) if mode in (0, 2) else []
     cp = _clothes_phrases(attrs, rng) if mode in (1, 2) else []
@@ -252,6 +256,10 @@ def caption_named(attrs: dict[str, int], rng: np.random.Generator, alone: float 
         cp = cp[: int(rng.integers(1, len(cp) + 1))] if cp else []
     named = {k: v for _, n in tp + cp for k, v in n.items()}
     traits, clothes = [t for t, _ in tp], [t for t, _ in cp]
+    if is_bare and traits + clothes:
+        items = traits + clothes
+        rng.shuffle(items)
+        return _join(items), named
     subject = str(rng.choice(SUBJECTS))
     opener = str(rng.choice(OPENERS))
     parts = []
@@ -275,17 +283,27 @@ def alone_caption(name: str, k: int, rng: np.random.Generator) -> tuple[str, dic
     return f"{opener}{subject} {verb}{text}".strip(), named
 
 
-def caption(attrs: dict[str, int], rng: np.random.Generator, alone: float = 0.0) -> str:
+def caption(attrs: dict[str, int], rng: np.random.Generator, alone: float = 0.0, bare: float = 0.0) -> str:
     """One natural caption naming a random subset of ``attrs`` (every named attribute is true)."""
-    return caption_named(attrs, rng, alone)[0]
+    return caption_named(attrs, rng, alone, bare)[0]
 
 
-def hard_negative(attrs: dict[str, int], named: dict[str, int], seed, alone: float = 0.0) -> tuple[str, dict[str, int]]:
+def hard_negative(attrs: dict[str, int], named: dict[str, int], seed, alone: float = 0.0, bare: float = 0.0,
+                  swap: float = 0.0) -> tuple[str, dict[str, int]]:
     """The caption drawn with ``seed`` again, one named attribute changed to another class (NegCLIP's hard negatives:
-    a caption that differs from a true one in a single word teaches which word goes with which pixels)."""
+    a caption that differs from a true one in a single word teaches which word goes with which pixels).
+
+    With probability ``swap``, when the caption names two different colours for the top and the bottoms, they
+    trade places instead (NegCLIP's swap negatives): the same words in the other order, which only a text
+    tower that binds each colour to its garment can tell apart.
+    """
     rng = np.random.default_rng(seed)
     if not named:
-        return caption_named(attrs, rng, alone)
+        return caption_named(attrs, rng, alone, bare)
+    top, bottom = named.get("top_colour"), named.get("bottom_colour")
+    if swap and top is not None and bottom is not None and top != bottom \
+            and np.random.default_rng([*np.atleast_1d(seed), 1]).random() < swap:
+        return caption_named({**attrs, "top_colour": bottom, "bottom_colour": top}, rng, alone, bare)
     keys = sorted(named)
     k = keys[int(rng.integers(len(keys)))]
     n = len(ATTRIBUTE_BY_NAME[k].classes)
@@ -295,4 +313,4 @@ def hard_negative(attrs: dict[str, int], named: dict[str, int], seed, alone: flo
         wrong.pop("hair_colour", None)
     elif k == "hair_style" and "hair_colour" not in wrong:
         wrong["hair_colour"] = 0
-    return caption_named(wrong, np.random.default_rng(seed), alone)
+    return caption_named(wrong, np.random.default_rng(seed), alone, bare)

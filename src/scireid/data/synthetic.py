@@ -335,10 +335,11 @@ def generate(out: str | Path, ids: int = 120, seed: int = 0, cameras: int = 8, o
 
 def generate_complete(out: str | Path, ids: int = 120, seed: int = 0, val_ids: int | None = None,
                       test_ids: int | None = None) -> Path:
-    """``generate`` into OUT.partial, renamed to OUT only when complete: a full disk or a kill never
-    leaves a folder that looks like a dataset. OUT must not exist or be empty."""
-    import shutil
-
+    """``generate`` into a staging folder beside OUT (``durable.stage_dir``), switched in as OUT only when
+    complete: a full disk or a kill never leaves a folder that looks like a dataset (the staging folder holds
+    an ``INCOMPLETE`` marker that every reader refuses, and the next run removes it). OUT must not exist or be
+    empty."""
+    from ..durable import discard, publish_dir, stage_dir
     from .records import DatasetError
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -348,21 +349,19 @@ def generate_complete(out: str | Path, ids: int = 120, seed: int = 0, val_ids: i
     if test_ids is not None and test_ids < ids - ids // 2:
         raise DatasetError(f"--test-ids {test_ids}: expected at least ids - ids // 2 = {ids - ids // 2} (the test split "
                            f"only grows, from its own random stream)")
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = None
     try:
-        tmp.mkdir(parents=True)
+        tmp = stage_dir(out)
         (tmp / INCOMPLETE).write_text("scireid synth was writing this folder\n")
         generate(tmp, ids=ids, seed=seed, progress=True, val_ids=val_ids, test_ids=test_ids)
         (tmp / INCOMPLETE).unlink()
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            discard(tmp)
         raise DatasetError(f"{out}: could not write the synthetic set ({e.strerror or e}); nothing was left behind") from None
     if out.exists():
         out.rmdir()
-    tmp.rename(out)
-    return out
+    return publish_dir(tmp, out)
 
 
 def ensure_synthetic(root: str | Path, ids: int = 120, seed: int = 0, test_ids: int | None = None,

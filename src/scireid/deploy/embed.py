@@ -13,10 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..io_utils import atomic_write, atomic_write_json
+from ..durable import atomic_write, atomic_write_json, clean_dead_temps, discard
 from .backend import embed_arrays, file_hash, open_backend
 from .inputs import Item
 
@@ -103,11 +101,9 @@ def embed(model: str | Path, items: list[Item], out: str | Path, batch: int = 32
         raise UserError(f"--out {out}: {npy} is a folder; give a file name such as feats.npy")
     be = backend or open_backend(model, device)
     key = job_key(items, be.fingerprint, flip, chunk)
-    from ..io_utils import clean_dead_temps
     for target in (npy, side):  # writes a kill interrupted; the files they would have replaced are intact
         clean_dead_temps(target)
-    for old_done in parts.parent.glob(f".{parts.name}.done-*"):  # a finished job's cleanup that was killed
-        shutil.rmtree(old_done, ignore_errors=True)
+    clean_dead_temps(parts)  # a finished job's cleanup that was killed
     parts.mkdir(parents=True, exist_ok=True)
     job = parts / "job.json"
     if job.exists():
@@ -176,9 +172,7 @@ def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str,
     n = sum(len(m["rows"]) for m in metas)
     if n == 0:  # nothing to do is an error, and no empty feature file is left to mistake for a result
         skipped = [s for m in metas for s in m["skipped"]]
-        gone = parts.with_name(f".{parts.name}.done-{uuid.uuid4().hex[:8]}")
-        parts.rename(gone)
-        shutil.rmtree(gone, ignore_errors=True)
+        discard(parts)
         first = f" (first: {skipped[0]['path']}: {skipped[0]['error']})" if skipped else ""
         raise UserError(f"none of the {len(skipped)} input images could be read{first}; nothing was written")
 
@@ -198,9 +192,7 @@ def _assemble(npy: Path, side: Path, parts: Path, n_chunks: int, be, model: str,
                "flip": flip, "count": n, "skipped": skipped, "rows": [r for m in metas for r in m["rows"]],
                "npy_sha256": file_hash(npy, 64)}
     atomic_write_json(side, summary)
-    gone = parts.with_name(f".{parts.name}.done-{uuid.uuid4().hex[:8]}")
-    parts.rename(gone)  # one rename: a kill during the removal below leaves no parts folder to mistake for a job
-    shutil.rmtree(gone, ignore_errors=True)
+    discard(parts)  # one rename first: a kill during the removal leaves no parts folder to mistake for a job
     log.info("embedded %d images into %s (%d skipped)", n, npy, len(skipped))
     return summary
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..io_utils import atomic_write
+from ..durable import atomic_write
 from .backend import TorchBackend, graph_input_preprocess, make_fingerprint
 
 log = logging.getLogger("scireid")

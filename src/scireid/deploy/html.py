@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import atomic_write_text
+from ..durable import atomic_write_text
 
 
 def _thumb(path: str, box, height: int = 128) -> str:

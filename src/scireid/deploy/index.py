@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..io_utils import atomic_write_json, atomic_write_text
+from ..durable import DiskFull, atomic_write_json, atomic_write_text, discard, is_disk_full, publish_dir, stage_dir
 from .backend import check_fingerprint, file_hash
 from .calibration import Calibration, StoredRows, exact_topk
 from .filters import camera_groups
@@ -463,17 +462,15 @@ class Index:
         switch, the new one after it. Stray versions are removed by the next save. Callers hold the
         folder's lock (``RunLock``), so two writers never interleave.
         """
-        import shutil
-        import uuid
-
         faiss = _faiss()
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise UserError(f"--out {folder}: a file, expected a folder for the index")
         folder.mkdir(parents=True, exist_ok=True)
         current = _current_version(folder)
-        tmp = folder / f".v.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.mkdir()
+        n = 1 + max([int(p.name[1:]) for p in folder.glob("v[0-9]*") if p.name[1:].isdigit()] or [0])
+        version = folder / f"v{n}"
+        tmp = stage_dir(version)
         try:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             con = sqlite3.connect(tmp / "rows.sqlite")
@@ -493,21 +490,17 @@ class Index:
             meta = {"kind": self.kind, "dim": self.dim, "fingerprint": self.fingerprint, "count": len(self),
                     "next_id": len(self.rows), "params": self.params, "model": self.model, "sha256": files}
             atomic_write_json(tmp / "index.json", meta | {"meta_sha256": _meta_sha256(meta)})
-            n = 1 + max([int(p.name[1:]) for p in folder.glob("v[0-9]*") if p.name[1:].isdigit()] or [0])
-            version = folder / f"v{n}"
-            os.replace(tmp, version)
+            publish_dir(tmp, version)
         except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, (OSError, RuntimeError, sqlite3.Error)) and any(
-                    k in str(e) for k in ("No space", "Errno 28", "fwrite", "disk is full", "requested and")):
-                from ..io_utils import DiskFull
+            discard(tmp)
+            if is_disk_full(e):
                 raise DiskFull(f"no space left on the device writing the index {folder}; the index as it was before "
                                f"is intact") from None
             raise
         atomic_write_text(folder / "CURRENT", version.name + "\n")  # the switch
         for p in folder.iterdir():  # older versions, earlier crashes' leftovers, the pre-version layout
-            if p != version and (p.name.startswith(("v", ".v.")) and p.is_dir()):
-                shutil.rmtree(p, ignore_errors=True)
+            if p != version and p.is_dir() and (p.name[:1] == "v" and p.name[1:].isdigit() or p.name.startswith(".v")):
+                discard(p)
             elif current is None and p.name in ("index.faiss", "rows.sqlite", "index.json"):
                 p.unlink()
         return folder
@@ -588,7 +581,6 @@ def clean_index_leftovers(folder: str | Path, unswitched: bool = False) -> list[
     """Under the index's lock: remove what a killed writer left inside the folder (its embedding folder, a version
     folder it never switched to, a half-written CURRENT). The current version is never touched. ``unswitched``
     (a build, where no CURRENT exists yet): complete version folders of a build killed before its switch too."""
-    import shutil
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
@@ -596,11 +588,8 @@ def clean_index_leftovers(folder: str | Path, unswitched: bool = False) -> list[
     for p in folder.iterdir():
         ours = unswitched and not (folder / "CURRENT").exists() and p.is_dir() and p.name[:1] == "v" and \
             p.name[1:].isdigit() and (p / "index.json").is_file()
-        if ours or p.name.startswith((".embed.", ".v.", ".CURRENT.")) and p.name.endswith(".tmp"):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+        if ours or p.name.startswith((".embed.", ".v", ".CURRENT.")) and p.name.endswith(".tmp"):
+            discard(p)
             removed.append(p)
     return removed
 

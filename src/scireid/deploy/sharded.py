@@ -16,7 +16,6 @@ by path: on several hosts the index folder must be on a filesystem they share, a
 from __future__ import annotations
 
 import logging
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..io_utils import atomic_write_json
+from ..durable import atomic_write_json, discard
 from .filters import RowFilter
 
 log = logging.getLogger(__name__)
@@ -220,7 +219,7 @@ class ShardedIndex:
         if is_sharded(folder):
             raise UserError(f"{folder} already holds a sharded index; use 'scireid index add' or another folder")
         for p in folder.glob("shard-*"):  # an earlier build killed before its manifest: never switched to
-            shutil.rmtree(p, ignore_errors=True)
+            discard(p)
         folder.mkdir(parents=True, exist_ok=True)
         manifest = {"engine": "dask", "shards": shards, "kind": kind, "dim": int(feats.shape[1]),
                     "fingerprint": fingerprint, "model": model, "count": 0, "next_id": len(rows), "params": {}}

@@ -1,16 +1,14 @@
 """Checkpoints: weights as safetensors (with the model spec in metadata), trainer state loadable
 with ``torch.load(weights_only=True)``, both swapped in as one directory.
 
-The swap takes two renames (``last`` -> ``.last.old``, ``.last.tmp`` -> ``last``). A kill between
-them leaves no ``last``; ``recover`` then takes the newest *complete* copy (``.tmp`` once its
+The swap is ``durable.publish_dir``: two renames (``last`` -> ``.last.old``, staging -> ``last``). A kill
+between them leaves no ``last``; ``recover`` then takes the newest *complete* copy (the staged one once its
 ``COMPLETE`` marker is written, else ``.old``), and every save recovers before it cleans up, so a
 complete copy is never deleted while it is the only one.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from ..io_utils import atomic_write
+from ..durable import DiskFull, atomic_write, clean_spares, discard, publish_dir, recover_dir, stage_dir
 
 
 def tensors_sha256(sd: dict[str, torch.Tensor]) -> str:
@@ -97,42 +95,25 @@ def _complete(d: Path) -> bool:
 
 def recover(dirpath: str | Path) -> bool:
     """If a save was killed mid-swap, put the newest complete copy back at ``dirpath``; True if one is there."""
-    dirpath = Path(dirpath)
-    if dirpath.exists():
-        return True
-    for cand in (dirpath.with_name(f".{dirpath.name}.tmp"), dirpath.with_name(f".{dirpath.name}.old")):
-        if cand.is_dir() and _complete(cand):
-            os.replace(cand, dirpath)
-            return True
-    return False
+    return recover_dir(dirpath, _complete)
 
 
 def save_state(dirpath: str | Path, model: torch.nn.Module, meta: dict[str, Any], state: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` + ``state.pt`` into a temp dir, then swap it in for ``dirpath``."""
+    """Write ``model.safetensors`` + ``state.pt`` into a staging folder, then swap it in for ``dirpath``."""
     dirpath = Path(dirpath)
-    tmp = dirpath.with_name(f".{dirpath.name}.tmp")
-    old = dirpath.with_name(f".{dirpath.name}.old")
     recover(dirpath)
-    for p in (tmp, old):
-        if p.exists():
-            shutil.rmtree(p)
-    tmp.mkdir(parents=True)
-    from ..io_utils import DiskFull
+    clean_spares(dirpath)
+    tmp = stage_dir(dirpath)
     try:
         save_weights(tmp / "model.safetensors", model, meta)
         atomic_write(tmp / "state.pt", lambda t: torch.save(state, t))
-        (tmp / COMPLETE).touch()
+        atomic_write(tmp / COMPLETE, lambda t: None)
     except DiskFull:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         where = f"the previous checkpoint in {dirpath} is intact" if dirpath.exists() else "no checkpoint was written yet"
         raise DiskFull(f"no space left on the device saving a checkpoint to {dirpath}; {where}; free space and "
                        f"continue with --resume") from None
-    if dirpath.exists():
-        os.replace(dirpath, old)
-    os.replace(tmp, dirpath)
-    if old.exists():
-        shutil.rmtree(old)
-    return dirpath
+    return publish_dir(tmp, dirpath)
 
 
 def load_state(dirpath: str | Path) -> dict[str, Any]:

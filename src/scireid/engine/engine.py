@@ -231,7 +231,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def write_metrics_row(path: Path, record: dict[str, Any]) -> None:
     """One row per (stage, epoch): a resumed epoch replaces its row, a broken line is dropped, atomically."""
-    from ..io_utils import atomic_write_text
+    from ..durable import atomic_write_text
     key = (record.get("stage"), record.get("epoch"))
     rows = [r for r in read_metrics(path) if (r.get("stage"), r.get("epoch")) != key] + [record]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -73,8 +73,7 @@ def clean_leftovers(run: str | Path) -> list[Path]:
     """Temp files a SIGKILL left in a run folder (ours ``.NAME.XXXX.tmp``, safetensors' ``.tmpXXXX``) and the
     spare copies of an interrupted checkpoint swap, removed at the next start of the same run, under its lock.
     A swap's spare copy is removed only after ``recover`` has put a complete checkpoint in place."""
-    import shutil
-
+    from ..durable import clean_spares
     from .checkpoint import recover
     run = Path(run)
     removed: list[Path] = []
@@ -82,10 +81,7 @@ def clean_leftovers(run: str | Path) -> list[Path]:
         return removed
     for last in [p / "last" for p in run.iterdir() if p.is_dir() and not p.name.startswith(".")]:
         if recover(last):
-            for spare in (last.with_name(".last.tmp"), last.with_name(".last.old")):
-                if spare.exists():
-                    shutil.rmtree(spare, ignore_errors=True)
-                    removed.append(spare)
+            removed += clean_spares(last)
     for p in run.rglob(".*"):
         if p.is_file() and (p.name.startswith(".tmp") or (p.name.endswith(".tmp") and p.name.count(".") >= 3)):
             p.unlink(missing_ok=True)

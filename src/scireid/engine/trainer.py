@@ -17,7 +17,7 @@ from ..config import Config, merge_dict, save_config, validate_config
 from ..data.source import fingerprint, load_dataset
 from ..data.records import ReIDDataset
 from ..errors import CheckpointError, ConfigError
-from ..io_utils import atomic_write_json
+from ..durable import atomic_write_json
 from ..models.sci import ModelSpec, SCIModel, build_model
 from .checkpoint import load_weights, save_weights
 from .distributed import DistContext, barrier, convert_batchnorm, setup
@@ -213,7 +213,7 @@ def run_stage1(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
     cache = run / "stage1_features.safetensors"
     from safetensors.torch import load_file, save_file
 
-    from ..io_utils import atomic_write
+    from ..durable import atomic_write
     feats = None
     if cache.exists():
         try:

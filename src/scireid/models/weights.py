@@ -80,7 +80,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             sd = {k: v.float().contiguous() for k, v in ts.state_dict().items()}
             from safetensors.torch import save_file
 
-            from ..io_utils import atomic_write
+            from ..durable import atomic_write
             atomic_write(converted, lambda tmp: save_file(sd, tmp))
         return read_state_dict(converted)
     try:

@@ -22,7 +22,7 @@ import torch
 
 from ..config import ConfigError, _coerce, _field_types
 from ..data.captions import ATTRIBUTES, alone_caption, caption_named, hard_negative
-from ..io_utils import atomic_write_json
+from ..durable import atomic_write_json
 from .corpus import Corpus, make_corpus
 
 log = logging.getLogger("scireid")
@@ -44,6 +44,8 @@ class PretrainConfig:
     seed: int = 0
     eval_images: int = 1200
     alone: float = 0.3  # share of captions that name one attribute only
+    bare: float = 0.0  # share of captions that are noun phrases only, with no person or verb
+    swap_negatives: float = 0.0  # share of hard negatives that swap the top's and the bottoms' colours
     hard_negatives: bool = True  # one caption per image with one attribute changed, as an extra negative
     label_aware: bool = True  # captions true of several images in the batch are positives for all of them
     attribute_loss: float = 1.0  # weight of the attribute-caption loss (0: off); see PretrainTask.step
@@ -68,8 +70,9 @@ def pretrain_config(overrides: list[str] | tuple[str, ...] = ()) -> PretrainConf
         raise ConfigError(f"lr={cfg.lr}: expected a positive number")
     if not (cfg.attribute_loss >= 0 and math.isfinite(cfg.attribute_loss)):
         raise ConfigError(f"attribute_loss={cfg.attribute_loss}: expected a number >= 0")
-    if not 0 <= cfg.alone <= 1:
-        raise ConfigError(f"alone={cfg.alone}: expected a share between 0 and 1")
+    for k in ("alone", "bare", "swap_negatives"):
+        if not 0 <= getattr(cfg, k) <= 1:
+            raise ConfigError(f"{k}={getattr(cfg, k)}: expected a share between 0 and 1")
     if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
         raise ConfigError(f"weight_decay={cfg.weight_decay}: expected a number >= 0")
     for k in ("warmup_steps", "threads", "stop_after_steps"):
@@ -220,11 +223,12 @@ class PretrainTask:
             texts, named, neg_texts, neg_named = [], [], [], []
             for i in idx:
                 seed = [self.cfg.seed, self._epoch, int(i)]
-                text, nd = caption_named(self.corpus.attrs[i], np.random.default_rng(seed), self.cfg.alone)
+                text, nd = caption_named(self.corpus.attrs[i], np.random.default_rng(seed), self.cfg.alone, self.cfg.bare)
                 texts.append(text)
                 named.append(nd)
                 if self.cfg.hard_negatives:
-                    text, nd = hard_negative(self.corpus.attrs[i], nd, seed, self.cfg.alone)
+                    text, nd = hard_negative(self.corpus.attrs[i], nd, seed, self.cfg.alone, self.cfg.bare,
+                                             self.cfg.swap_negatives)
                     neg_texts.append(text)
                     neg_named.append(nd)
             vis = self.visible[idx]
@@ -277,7 +281,7 @@ def export_weights(model: torch.nn.Module, path: Path, provenance: dict[str, Any
     """fp16 open_clip state dict (what ``create_model`` + ``load_state_dict`` expects) as safetensors."""
     from safetensors.torch import save_file
 
-    from ..io_utils import atomic_write
+    from ..durable import atomic_write
     sd = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
           for k, v in model.state_dict().items()}
     md = {"format": "open_clip", "arch": provenance["arch"], "provenance": json.dumps(provenance, sort_keys=True)}
