@@ -42,21 +42,27 @@ def main() -> int:
     ap.add_argument("--kills", nargs="+", default=["python", "strace"], choices=["python", "strace"])
     ap.add_argument("-k", default="", help="pytest -k filter on the writers' tests")
     ap.add_argument("--write", action="store_true", help="put the table into BENCHMARKS.md")
+    ap.add_argument("--counts", help="keep the per-writer counts in this JSON-lines file (appended to)")
+    ap.add_argument("--table-only", action="store_true", help="only build the table from --counts (an earlier sweep)")
     a = ap.parse_args()
-    counts_file = Path(tempfile.mkstemp(suffix=".jsonl")[1])
+    counts_file = Path(a.counts) if a.counts else Path(tempfile.mkstemp(suffix=".jsonl")[1])
     expr = " or ".join(a.kills)
     expr = f"({expr}) and ({a.k})" if a.k else f"({expr}) and survives"
     env = dict(os.environ, SCIREID_FAULT_SWEEP="all", SCIREID_FAULT_COUNTS=str(counts_file))
     t0 = time.time()
-    rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                         str(ROOT / "tests" / "test_fault_injection.py"), "-k", expr], cwd=ROOT, env=env).returncode
+    rc = 0
+    if not a.table_only:
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(ROOT / "tests" / "test_fault_injection.py"), "-k", expr], cwd=ROOT, env=env).returncode
     minutes = (time.time() - t0) / 60
     rows = [json.loads(line) for line in counts_file.read_text().splitlines() if line.strip()]
-    counts_file.unlink()
+    rows = [r for r in rows if r.get("kills") in a.kills]
+    if not a.counts:
+        counts_file.unlink()
     lines = [TITLE + f" ({datetime.date.today()})", "",
              f"Machine: {os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}. Command: "
              f"`python benchmarks/fault_sweep.py --kills {' '.join(a.kills)}{' -k ' + repr(a.k) if a.k else ''} --write` "
-             f"({minutes:.0f} min; pytest exit {rc}). Each writer's command is traced once, then run once per traced "
+             f"({'' if a.table_only else f'{minutes:.0f} min; '}pytest exit {rc}). Each writer's command is traced once, then run once per traced "
              "operation in a fresh process that dies just before it: `python` kills at every open-for-write, "
              "replace, rename, unlink, remove, rmdir, mkdir, truncate, rmtree, copyfile and move of the Python "
              "process (`tests/fault_child.py`, `os._exit(137)`); `strace` sends a real SIGKILL at every "

@@ -80,7 +80,7 @@ def test_every_mentioned_attribute_is_true_and_visible():
     alone = 0
     for i in range(len(corpus)):
         for r in range(4):
-            text, said = caption_named(corpus.attrs[i], np.random.default_rng([i, r]), alone=0.3)
+            text, said = caption_named(corpus.attrs[i], np.random.default_rng([i, r]), alone=0.3, bare=0.3 * (r % 2))
             named = parse_caption(text)
             assert said == named, (text, said, named)  # what the generator reports naming is what the text says
             alone += len(named) == 1
@@ -106,12 +106,37 @@ def test_hard_negatives_differ_from_the_image_in_what_they_name():
     assert false >= 190  # nearly always untrue of its image; the rare true one is scored as a positive
 
 
+def test_bare_captions_and_swap_negatives():
+    """``bare``: the noun phrases alone, naming what they say; ``swap``: the two garments' colours trade places,
+    the same words otherwise (with swap off, the negatives are exactly the earlier ones)."""
+    from scireid.data.captions import OPENERS, SUBJECTS
+    corpus = make_corpus(200, seed=3)
+    swapped = 0
+    for i in range(len(corpus)):
+        a = corpus.attrs[i]
+        text, said = caption_named(a, np.random.default_rng([i, 1]), bare=1.0)
+        assert parse_caption(text) == said and said
+        assert not any(text.startswith(o + s) for o in OPENERS if o for s in SUBJECTS)
+        assert not any(text.startswith(s) for s in SUBJECTS)
+        text, said = caption_named(a, np.random.default_rng([i, 2]), alone=0.3, bare=0.3)
+        assert hard_negative(a, said, [i, 2], 0.3, 0.3, swap=0.0) == hard_negative(a, said, [i, 2], 0.3, 0.3)
+        neg, neg_said = hard_negative(a, said, [i, 2], 0.3, 0.3, swap=1.0)
+        assert parse_caption(neg) == neg_said
+        if "top_colour" in said and "bottom_colour" in said and said["top_colour"] != said["bottom_colour"]:
+            assert (neg_said["top_colour"], neg_said["bottom_colour"]) == (said["bottom_colour"], said["top_colour"])
+            words = [sorted(w if w != "an" else "a" for w in t.replace(",", "").split()) for t in (neg, text)]
+            assert words[0] == words[1]  # the same words ("a"/"an" aside), in the other order
+            swapped += 1
+    assert swapped >= 20
+
+
 def test_held_out_templates_never_occur_in_the_corpus_captions():
     """The held-out wordings must be absent from what the caption generator can write, word for word."""
     from scireid.data.captions import ATTRIBUTES, EVAL_TEMPLATES, OPENERS, SUBJECTS
     corpus = make_corpus(400, seed=2)
     caps = [caption_named(corpus.attrs[i], np.random.default_rng([i, r]), alone=a)[0]
-            for i in range(len(corpus)) for r, a in ((0, 0.0), (1, 0.3), (2, 1.0))]
+            for i in range(len(corpus)) for r, a in ((0, 0.0), (1, 0.3), (2, 1.0))] + [
+        caption_named(corpus.attrs[i], np.random.default_rng([i, 3]), bare=1.0)[0] for i in range(len(corpus))]
     vocab = {w.strip(",") for c in caps for w in c.split()}
     held = {k: v for k, v in EVAL_TEMPLATES.items() if k != "seen"}
     assert len(held) >= 2
