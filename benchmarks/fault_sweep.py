@@ -47,7 +47,7 @@ def main() -> int:
     a = ap.parse_args()
     counts_file = Path(a.counts) if a.counts else Path(tempfile.mkstemp(suffix=".jsonl")[1])
     expr = " or ".join(a.kills)
-    expr = f"({expr}) and ({a.k})" if a.k else f"({expr}) and survives"
+    expr = f"({expr}) and ({a.k})" if a.k else f"({expr}) and survive"  # survives and survive
     env = dict(os.environ, SCIREID_FAULT_SWEEP="all", SCIREID_FAULT_COUNTS=str(counts_file))
     t0 = time.time()
     rc = 0
