@@ -52,7 +52,7 @@ def main() -> int:
     t0 = time.time()
     rc = 0
     if not a.table_only:
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
                              str(ROOT / "tests" / "test_fault_injection.py"), "-k", expr], cwd=ROOT, env=env).returncode
     minutes = (time.time() - t0) / 60
     rows = [json.loads(line) for line in counts_file.read_text().splitlines() if line.strip()]
