@@ -36,7 +36,7 @@ class LoadedRun:
 
     def test_features(self) -> torch.Tensor:
         """Cached per checkpoint: every analysis of a run ranks with the same features."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file, save
 
         from ..engine.distributed import DistContext
         from ..engine.evaluation import test_features
@@ -51,7 +51,12 @@ class LoadedRun:
             if len(f) == len(self.ds.test):
                 return f
         f = test_features(self.model, self.ds, self.cfg, DistContext(device=self.device))
-        atomic_write(cache, lambda tmp: save_file({"feats": f.contiguous()}, tmp))
+        data = save({"feats": f.contiguous()})  # bytes we write ourselves: save_file's own temporary file (made in
+
+        def write(t: str) -> None:  # Rust, beside ours) outlived a kill at its rename (strace fault sweep)
+            with open(t, "wb") as fh:
+                fh.write(data)
+        atomic_write(cache, write)
         return f
 
 
