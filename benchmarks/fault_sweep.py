@@ -75,9 +75,15 @@ def main() -> int:
              "exit 2 with one line.", "",
              "| writer (command) | kills | traced operations = kill points | re-run completed | re-run refused in one line | lost / duplicated rows | leftovers |",
              "|---|---|---|---|---|---|---|"]
+    order = list(COMMANDS)
+    rows.sort(key=lambda r: (order.index(r["writer"]) if r["writer"] in order else len(order), r["kills"]))
     for r in rows:
         lines.append(f"| {COMMANDS.get(r['writer'], r['writer'])} | {r['kills']} | {r['operations']} | {r['completed']} "
                      f"| {r['refused']} | 0 / 0 | 0 |")
+    lines += ["", "Reading: a refusal is the documented answer when the kill came after the job had landed ('already "
+              "added', 'nothing removed', 'already holds an index'). For `train` and `pretrain` every kill point "
+              "completed; the refused ones were killed before the run existed, so `--resume` said 'holds no run to "
+              "resume' in one line and the same command without it then completed."]
     if rc != 0:
         lines += ["", f"**The sweep failed** (pytest exit {rc}): the rows above are the writers that passed."]
     publish(lines, a.write)
