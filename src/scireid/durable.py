@@ -38,7 +38,7 @@ def is_disk_full(e: BaseException) -> bool:
     ("StorageFull"), numpy ("N requested and M written"), faiss (fwrite), sqlite ("disk is full")."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    return isinstance(e, (OSError, RuntimeError, Exception)) and any(
+    return isinstance(e, Exception) and any(
         s in str(e) for s in ("unexpected pos", "No space left", "StorageFull", "requested and", "fwrite",
                               "disk is full", "Errno 28"))
 
@@ -149,10 +149,10 @@ def recover_dir(target: str | Path, complete: Callable[[Path], bool]) -> bool:
     staged = sorted((p for p in target.parent.glob(f".{target.name}.*.tmp") if p.is_dir() and complete(p)),
                     key=lambda p: p.stat().st_mtime, reverse=True) if target.parent.is_dir() else []
     parked = target.with_name(f".{target.name}{OLD}")
-    for cand in staged + ([parked] if parked.is_dir() and complete(parked) else []):
-        os.replace(cand, target)
-        return True
-    return False
+    candidates = staged + ([parked] if parked.is_dir() and complete(parked) else [])
+    if candidates:
+        os.replace(candidates[0], target)
+    return bool(candidates)
 
 
 def clean_spares(target: str | Path) -> list[Path]:

@@ -51,9 +51,11 @@ class LoadedRun:
             if len(f) == len(self.ds.test):
                 return f
         f = test_features(self.model, self.ds, self.cfg, DistContext(device=self.device))
-        data = save({"feats": f.contiguous()})  # bytes we write ourselves: save_file's own temporary file (made in
+        # bytes written by our own code: save_file makes its own temporary file (in Rust, beside ours), which
+        # outlived a kill at its rename (found by the strace fault sweep)
+        data = save({"feats": f.contiguous()})
 
-        def write(t: str) -> None:  # Rust, beside ours) outlived a kill at its rename (strace fault sweep)
+        def write(t: str) -> None:
             with open(t, "wb") as fh:
                 fh.write(data)
         atomic_write(cache, write)
