@@ -147,7 +147,7 @@ def points(n: int, full: bool, ci: int = 3) -> list[int]:
 
 def killers(strace_in_ci: bool = False):
     """Both ways to kill: Python's hooks, and strace where it is installed and may trace (CI containers may
-    forbid ptrace). CI's time budget holds the strace kill of the index writers (``strace_in_ci``), whose
+    forbid ptrace). CI's time budget holds one strace kill of `index add` (``strace_in_ci``), whose
     files come from C libraries (faiss, sqlite) that Python's hooks cannot see; the other writers' strace kills
     are in the slow set, which ``benchmarks/fault_sweep.py`` runs."""
     out = [pytest.param(PythonKills, id="python")]
@@ -275,6 +275,8 @@ def test_index_build_and_add_survive_a_kill_at_every_operation(full_run, data_ro
         return len(idx)
     counts = sweep("index add", argv, check, tmp_path, prepare, killer=killer)
     _write_counts("index add", counts, killer)
+    if killer is StraceKills and not FULL:  # CI's time budget: strace's point of `add` covers faiss and sqlite's writes
+        return
 
     def argv_build(w):
         return ["index", "build", str(full_run[0]), str(data_root / "query"), "--out", str(w / "idx2")]

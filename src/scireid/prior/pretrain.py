@@ -34,7 +34,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class PretrainConfig:
     arch: str = "synth-clip"
     images: int = 32000
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -44,8 +44,8 @@ class PretrainConfig:
     seed: int = 0
     eval_images: int = 1200
     alone: float = 0.3  # share of captions that name one attribute only
-    bare: float = 0.0  # share of captions that are noun phrases only, with no person or verb
-    swap_negatives: float = 0.0  # share of hard negatives that swap the top's and the bottoms' colours
+    bare: float = 0.2  # share of captions that are noun phrases only, with no person or verb
+    swap_negatives: float = 0.5  # share of hard negatives that swap the top's and the bottoms' colours
     hard_negatives: bool = True  # one caption per image with one attribute changed, as an extra negative
     label_aware: bool = True  # captions true of several images in the batch are positives for all of them
     attribute_loss: float = 1.0  # weight of the attribute-caption loss (0: off); see PretrainTask.step
