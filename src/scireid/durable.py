@@ -84,6 +84,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, w)
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """For bytes a library serialised in memory: its own file writers may keep temporary files we cannot clean."""
+    def w(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return atomic_write(path, w)
+
+
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
     return atomic_write_text(path, json.dumps(strict_json(data), indent=indent, default=float, allow_nan=False) + "\n")
 

@@ -40,7 +40,7 @@ class LoadedRun:
 
         from ..engine.distributed import DistContext
         from ..engine.evaluation import test_features
-        from ..durable import atomic_write
+        from ..durable import atomic_write_bytes
         from ..deploy.backend import file_hash
         # keyed by the checkpoint's content (and the test split), not its name: a resumed run's new model_best
         # never meets the old one's features
@@ -53,12 +53,7 @@ class LoadedRun:
         f = test_features(self.model, self.ds, self.cfg, DistContext(device=self.device))
         # bytes written by our own code: save_file makes its own temporary file (in Rust, beside ours), which
         # outlived a kill at its rename (found by the strace fault sweep)
-        data = save({"feats": f.contiguous()})
-
-        def write(t: str) -> None:
-            with open(t, "wb") as fh:
-                fh.write(data)
-        atomic_write(cache, write)
+        atomic_write_bytes(cache, save({"feats": f.contiguous()}))
         return f
 
 
