@@ -130,6 +130,10 @@ class RunConfig:
     amp_dtype: str = "bf16"
     deterministic: bool = False
     compile: bool = False
+    # GPU: steps between host reads of the loss (its finite check, the progress bar). A read waits for the GPU to
+    # finish, and a launch-bound step cannot afford one every step; a non-finite loss is still caught before any
+    # checkpoint is written. CPU reads every step (free there).
+    sync_every: int = 50
     tensorboard: bool = True
     checkpoint_every: int = 1  # epochs
     checkpoint_steps: int = 0  # also checkpoint every N steps inside an epoch (0 = epoch ends only)
@@ -339,7 +343,7 @@ def validate_config(cfg: Config, weights: bool = True) -> Config:
     positive = ["stage1.epochs", "stage1.batch_size", "stage2.epochs", "stage2.batch_size", "data.num_instances",
                 "data.height", "data.width", "eval.batch_size", "eval.chunk", "model.n_ctx", "run.checkpoint_every",
                 "stage1.lr", "stage2.lr", "stage2.cal_lr", "stage1.temperature", "data.prcc_trials", "stage2.i2t_scale",
-                "stage2.gate_lr_factor"]
+                "stage2.gate_lr_factor", "run.sync_every"]
     def get(dotted: str) -> Any:
         section, key = dotted.split(".")
         return getattr(getattr(cfg, section), key)

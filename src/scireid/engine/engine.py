@@ -39,7 +39,7 @@ class Task(Protocol):
 class Engine:
     def __init__(self, run_dir: Path, ctx: DistContext, amp: bool = True, checkpoint_every: int = 1,
                  checkpoint_steps: int = 0, max_steps_per_epoch: int = 0, tb_writer=None, stop_after_steps: int = 0,
-                 amp_dtype: str = "bf16"):
+                 amp_dtype: str = "bf16", sync_every: int = 50):
         self.run_dir = Path(run_dir)
         self.ctx = ctx
         self.amp = amp and ctx.device.type == "cuda"
@@ -50,6 +50,9 @@ class Engine:
         self.tb = tb_writer
         self.stop_after_steps = stop_after_steps  # testing hook: simulate a kill after N steps
         self._steps_done = 0
+        # steps between host reads of the loss (finite check, progress bar): each read waits for the GPU, which a
+        # launch-bound step cannot afford every time. On CPU a read costs nothing, so it happens every step.
+        self.sync_every = 1 if ctx.device.type == "cpu" else max(1, sync_every)
 
     def ckpt_dir(self, task: Task) -> Path:
         return self.run_dir / task.name / "last"
@@ -121,7 +124,7 @@ class Engine:
             n_batches = task.set_epoch(epoch, start_batch)
             if self.max_steps:
                 n_batches = min(n_batches, self.max_steps)
-            sums: dict[str, float] = {}
+            meter = StepMeter(self.ctx.device)
             n_img, n_steps, t0 = 0, 0, time.time()
             bar = tqdm(total=n_batches, initial=start_batch, desc=f"{task.name} {epoch + 1}/{task.epochs}", leave=False,
                        disable=not (self.ctx.is_main and sys.stderr.isatty()))
@@ -130,34 +133,42 @@ class Engine:
                 if b >= n_batches:
                     break
                 loss, terms, bs = task.step(batch, epoch)
-                if not math.isfinite(loss.item()):
-                    last = self.ckpt_dir(task)
-                    raise TrainingDiverged(
-                        f"{task.name} epoch {epoch + 1} step {b + 1}: loss is {loss.item()} "
-                        f"({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); last good checkpoint: "
-                        f"{last if last.exists() else 'none yet'}")
+                meter.add(loss, terms, b)
+                save_here = bool(self.checkpoint_steps and (b + 1) % self.checkpoint_steps == 0 and b + 1 < n_batches)
+                if (b + 1 - start_batch) % self.sync_every == 0 or save_here or b + 1 == n_batches:
+                    self._check_finite(task, epoch, meter)  # before the optimizer step sees a non-finite loss
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in list(meter.means().items())[:4]} |
+                                    {"img/s": f"{(n_img + bs * self.ctx.world) / max(time.time() - t0, 1e-9):.0f}"})
                 self._backward_step(task, loss, scaler)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
                 n_img += bs * self.ctx.world
                 n_steps += 1
                 b += 1
                 self._steps_done += 1
                 bar.update(1)
-                bar.set_postfix({k: f"{v / n_steps:.3f}" for k, v in list(sums.items())[:4]} |
-                                {"img/s": f"{n_img / max(time.time() - t0, 1e-9):.0f}"})
-                if self.checkpoint_steps and b % self.checkpoint_steps == 0 and b < n_batches:
+                if save_here:
                     self._save(task, epoch, b, scaler)
                 if self.stop_after_steps and self._steps_done >= self.stop_after_steps:
                     raise KeyboardInterrupt(f"stopped after {self._steps_done} steps (run.stop_after_steps)")
+            if n_steps:
+                self._check_finite(task, epoch, meter)
             bar.close()
             start_batch = 0
             dt = time.time() - t0
             record: dict[str, Any] = {"stage": task.name, "epoch": epoch + 1,
-                                      **{k: v / max(n_steps, 1) for k, v in sums.items()},
+                                      **meter.means(),
                                       "img_per_s": n_img / max(dt, 1e-9), "seconds": dt}
             self._end_epoch(task, epoch, record, scaler, saved=False)
         return ran
+
+    def _check_finite(self, task: Task, epoch: int, meter: "StepMeter") -> None:
+        bad = meter.first_nonfinite()
+        if bad is not None:
+            step, values = bad
+            last = self.ckpt_dir(task)
+            raise TrainingDiverged(
+                f"{task.name} epoch {epoch + 1} step {step + 1}: loss is {values.pop('loss')} "
+                f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); last good checkpoint: "
+                f"{last if last.exists() else 'none yet'}")
 
     def _end_epoch(self, task: Task, epoch: int, record: dict[str, Any], scaler, saved: bool) -> None:
         """Checkpoint (marked pending), evaluate, checkpoint again, then the metrics row (one per epoch).
@@ -203,6 +214,44 @@ class Engine:
         else:
             loss.backward()
             opt.step()
+
+
+class StepMeter:
+    """The loss terms of an epoch summed on the device, and its first non-finite loss, without a host read per
+    step: a read waits for the GPU to finish, and a launch-bound step cannot afford that every time (issue #26)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.keys: list[str] = []
+        self.sums: torch.Tensor | None = None
+        self.n = 0
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_values: torch.Tensor | None = None
+
+    def add(self, loss: torch.Tensor, terms: dict[str, Any], step: int) -> None:
+        if not self.keys:
+            self.keys = list(terms)
+        elif list(terms) != self.keys:
+            raise ValueError(f"a task's loss terms changed within an epoch: {self.keys} then {list(terms)}")
+        vals = torch.stack([torch.as_tensor(v, device=self.device).detach().double().reshape(())
+                            for v in (loss, *terms.values())])
+        self.sums = vals if self.sums is None else self.sums + vals
+        self.n += 1
+        new = (self.bad_step < 0) & ~torch.isfinite(vals[0])
+        self.bad_step = torch.where(new, step, self.bad_step)
+        self.bad_values = vals if self.bad_values is None else torch.where(new, vals, self.bad_values)
+
+    def first_nonfinite(self) -> tuple[int, dict[str, float]] | None:
+        """(step, {'loss': .., term: ..}) of the first non-finite loss so far, or None; one host read."""
+        step = int(self.bad_step)
+        if step < 0:
+            return None
+        return step, dict(zip(["loss", *self.keys], self.bad_values.tolist()))
+
+    def means(self) -> dict[str, float]:
+        if self.sums is None:
+            return {}
+        return dict(zip(self.keys, (self.sums[1:] / self.n).tolist()))
 
 
 def _check_spec(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:

@@ -85,12 +85,12 @@ class Stage1Task:
         l_i2t = supcon(img, text, y, y, **kw)
         l_t2i = supcon(text, img, y, y, **kw)
         loss = l_i2t + l_t2i
-        terms = {"i2t": l_i2t.item(), "t2i": l_t2i.item()}
+        terms = {"i2t": l_i2t.detach(), "t2i": l_t2i.detach()}  # tensors: the engine reads them when it syncs
         if self.model.spec.sse:
             from ..models.sse import sse_loss
             l_sse, st = sse_loss(t["t_id"], t["t_clo"], t["t_ort"], self.c.lambda1, self.c.lambda2)
             loss = loss + l_sse
-            terms.update(sse=l_sse.item(), **st)
+            terms.update(sse=l_sse.detach(), **st)
         return loss, terms, len(idx)
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
@@ -174,7 +174,7 @@ class Stage2Task:
     def step(self, batch, epoch: int):
         imgs, pids, _, clothes, _ = batch
         dev = self.ctx.device
-        imgs, pids, clothes = imgs.to(dev, non_blocking=True), pids.to(dev), clothes.to(dev)
+        imgs, pids, clothes = (t.to(dev, non_blocking=True) for t in (imgs, pids, clothes))
         self.net.train()
         for bn in self.frozen_bn:  # keep the pretrained running statistics (and use them) in the CLIP trunk
             bn.eval()
@@ -189,10 +189,11 @@ class Stage2Task:
         logits_t = i2t_logits(out["p"], m.prototypes, c.i2t_logits, c.i2t_scale)  # against every identity's prototype
         l_i2t = ce_smooth(logits_t, pids, eps)
         loss = c.id_weight * l_id + c.triplet_weight * l_tri + c.i2t_weight * l_i2t
-        terms = {"id": l_id.item(), "tri": l_tri.item(), "i2t": l_i2t.item(),
-                 "acc": float((out["logits_p"].argmax(1) == pids).float().mean())}
+        # device tensors, not floats: a host read per step waits for the GPU (the engine reads them when it syncs)
+        terms = {"id": l_id.detach(), "tri": l_tri.detach(), "i2t": l_i2t.detach(),
+                 "acc": (out["logits_p"].detach().argmax(1) == pids).float().mean()}
         if "sim_share" in out:  # |p' - p| / |p'| on the training batch: how far SIM moves the feature
-            terms["sim_share"] = float(out["sim_share"].mean())
+            terms["sim_share"] = out["sim_share"].mean()
         if self.clothes_classifier_active(epoch):
             # 1) the clothes classifier learns on detached features with its own optimizer
             cc = m.clothes_classifier(out["bn"].detach())
@@ -203,14 +204,14 @@ class Stage2Task:
             self.opt_cc.step()
             own = self.pid2clothes[pids]  # what CAL is meant to remove: telling apart one identity's own outfits
             within = cc.detach().masked_fill(~own, float("-inf")).argmax(1) == clothes
-            terms.update(clothes_ce=l_cc.item(), clothes_acc=float((cc.argmax(1) == clothes).float().mean()),
-                         clothes_acc_within=float(within.float().mean()),
-                         clothes_within_chance=float((1.0 / own.sum(1).float()).mean()))
+            terms.update(clothes_ce=l_cc.detach(), clothes_acc=(cc.detach().argmax(1) == clothes).float().mean(),
+                         clothes_acc_within=within.float().mean(),
+                         clothes_within_chance=(1.0 / own.sum(1).float()).mean())
         if self.cal_active(epoch):
             # 2) the adversarial loss uses the just-updated classifier on the live features
             l_cal = cal_loss(m.clothes_classifier(out["bn"]), clothes, self.pid2clothes[pids], c.cal_scale, c.cal_epsilon)
             loss = loss + c.cal_weight * l_cal
-            terms["cal"] = l_cal.item()
+            terms["cal"] = l_cal.detach()
         return loss, terms, len(pids)
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:

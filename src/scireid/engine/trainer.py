@@ -161,7 +161,7 @@ def _train_in_run_dir(cfg: Config, stage: str, resume: bool, ctx: DistContext) -
     model = build_model(spec, cfg.model.weights).to(ctx.device)
     tb = _tb(cfg, run, ctx)
     engine = Engine(run, ctx, cfg.run.amp, cfg.run.checkpoint_every, cfg.run.checkpoint_steps,
-                    cfg.run.max_steps_per_epoch, tb, cfg.run.stop_after_steps, cfg.run.amp_dtype)
+                    cfg.run.max_steps_per_epoch, tb, cfg.run.stop_after_steps, cfg.run.amp_dtype, cfg.run.sync_every)
     stage1_file = run / "stage1.safetensors"
     result: dict[str, Any] = {}
     try:

@@ -16,15 +16,16 @@ def sse_terms(t_id: torch.Tensor, t_clo: torch.Tensor, t_ort: torch.Tensor) -> t
     s_id = F.cosine_similarity(t_ort, t_id, dim=-1).mean()
     cos = F.normalize(t_ort, dim=-1) @ F.normalize(t_clo, dim=-1).T
     b = cos.shape[0]
-    off = ~torch.eye(b, dtype=torch.bool, device=cos.device)
-    s_clo = cos[off].mean() if b > 1 else cos.new_zeros(())
-    return s_id, s_clo
+    if b < 2:
+        return s_id, cos.new_zeros(())
+    off = 1.0 - torch.eye(b, dtype=cos.dtype, device=cos.device)  # a mask by product: boolean indexing reads the host
+    return s_id, (cos * off).sum() / (b * (b - 1))
 
 
 def sse_loss(t_id, t_clo, t_ort, lambda1: float = 1.0, lambda2: float = 1.0) -> tuple[torch.Tensor, dict]:
     """L_sse = lambda1 (1 - S_id) + lambda2 S_clo (eq. 9)."""
     s_id, s_clo = sse_terms(t_id, t_clo, t_ort)
-    return lambda1 * (1 - s_id) + lambda2 * s_clo, {"S_id": s_id.item(), "S_clo": s_clo.item()}
+    return lambda1 * (1 - s_id) + lambda2 * s_clo, {"S_id": s_id.detach(), "S_clo": s_clo.detach()}
 
 
 @torch.no_grad()

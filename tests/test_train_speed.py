@@ -1,0 +1,135 @@
+"""Issue #26 on CPU: the training step reads nothing back from the device, the engine reads the loss every
+``run.sync_every`` steps and still stops at the first non-finite one, before any checkpoint holds it."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from conftest import tiny_cfg
+from scireid.data.source import load_dataset
+from scireid.engine.distributed import DistContext
+from scireid.engine.engine import Engine, StepMeter
+from scireid.engine.tasks import Stage1Task, Stage2Task
+from scireid.engine.trainer import model_spec
+from scireid.errors import TrainingDiverged
+from scireid.models.sci import SCIModel
+
+READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")
+
+
+@contextlib.contextmanager
+def host_reads(forbid: bool):
+    """Count (or refuse) every way a tensor's value reaches Python: on a GPU each of them waits for the device."""
+    count = {"n": 0}
+    saved = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def wrap(name):
+        real = saved[name]
+
+        def read(self, *a, **k):
+            if forbid:
+                raise AssertionError(f"Tensor.{name} in the hot path")
+            count["n"] += 1
+            return real(self, *a, **k)
+        return read
+    for name in READS:
+        setattr(torch.Tensor, name, wrap(name))
+    try:
+        yield count
+    finally:
+        for name, real in saved.items():
+            setattr(torch.Tensor, name, real)
+
+
+def test_stage_steps_read_nothing_from_the_device(data_root, tmp_path):
+    cfg = tiny_cfg(data_root, tmp_path / "r", "stage2.cal_start_epoch=0", "stage2.cal_classifier_start_epoch=0")
+    ds = load_dataset(cfg)
+    torch.manual_seed(0)
+    model = SCIModel(model_spec(cfg, ds))
+    model.prototypes.normal_()
+    task = Stage2Task(model, ds, cfg, DistContext())
+    engine = Engine(tmp_path, DistContext(), amp=False)
+    pids = torch.arange(4).repeat_interleave(4)
+    batch = (torch.randn(16, 3, 64, 32), pids, torch.zeros(16, dtype=torch.long), pids * 2, torch.arange(16))
+    task.set_epoch(0, 0)
+    with host_reads(forbid=True):  # SIM, CAL's classifier update and adversarial loss, the optimizer step
+        loss, terms, n = task.step(batch, 0)
+        engine._backward_step(task, loss, None)
+    assert {"cal", "clothes_acc_within", "sim_share"} <= set(terms) and n == 16
+    assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in terms.values())
+
+    feats = torch.randn(len(ds.train), model.prototypes.shape[1])
+    s1 = Stage1Task(model, feats, torch.tensor([r.pid for r in ds.train]), torch.tensor([r.clothes for r in ds.train]),
+                    cfg, DistContext())
+    s1.set_epoch(0, 0)
+    idx = next(iter(s1.batches()))
+    with host_reads(forbid=True):  # prompts, SSE's orthogonalisation and its two cosine terms
+        loss, terms, _ = s1.step(idx, 0)
+        engine._backward_step(s1, loss, None)
+    assert {"sse", "S_id", "S_clo"} <= set(terms)
+
+
+class _Steps:
+    """A task of 12 steps whose loss turns non-finite at step ``bad`` (0-based), or never."""
+    name, epochs = "toy", 1
+
+    def __init__(self, bad: int | None):
+        self.model = torch.nn.Linear(2, 1)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.bad = bad
+
+    def optimizers(self):
+        return {"main": self.opt}
+
+    def set_epoch(self, epoch, start_batch):
+        return 12
+
+    def batches(self):
+        return iter(range(12))
+
+    def step(self, i, epoch):
+        loss = self.model(torch.ones(1, 2)).sum() ** 2
+        if i == self.bad:
+            loss = loss * float("nan")
+        return loss, {"sq": loss.detach(), "i": torch.tensor(float(i))}, 4
+
+    def meta(self):
+        return {"stage": "toy"}
+
+    def end_epoch(self, epoch):
+        return {}
+
+
+def test_engine_reads_the_loss_every_sync_every_steps_and_names_the_first_bad_one(tmp_path):
+    def run(sync_every: int, bad=None, checkpoint_steps: int = 0):
+        engine = Engine(tmp_path / f"r{sync_every}-{bad}-{checkpoint_steps}", DistContext(), amp=False, checkpoint_steps=checkpoint_steps)
+        engine.sync_every = sync_every  # what a GPU run gets (CPU reads every step: free there)
+        task = _Steps(bad)
+        with host_reads(forbid=False) as reads:
+            engine.run(task)
+        return reads["n"], engine
+
+    every, _ = run(1)
+    sparse, _ = run(6)
+    # reads at 2 of the 12 steps instead of at all 12 (the epoch's end, the checkpoint, reads the same in both)
+    assert every - sparse >= 12 - 2
+    # the first non-finite step is named with its own terms, even when it is read 4 steps later
+    with pytest.raises(TrainingDiverged, match=r"toy epoch 1 step 3: loss is nan \(sq=nan, i=2\)"):
+        run(6, bad=2)
+    # a checkpoint inside the epoch is preceded by a read: one after the bad step is never written
+    with pytest.raises(TrainingDiverged, match="step 3"):
+        run(6, bad=2, checkpoint_steps=4)
+    assert not (tmp_path / "r6-2-4" / "toy" / "last").exists()
+    _, engine = run(6, checkpoint_steps=4)  # the same without the bad step: checkpoints at steps 4 and 8, and the end
+    assert (tmp_path / "r6-None-4" / "toy" / "last" / "state.pt").exists()
+
+
+def test_step_meter_means_match_the_terms():
+    m = StepMeter(torch.device("cpu"))
+    for i in range(5):
+        m.add(torch.tensor(float(i)), {"a": torch.tensor(i * 2.0), "b": 0.5}, i)
+    assert m.means() == {"a": 4.0, "b": 0.5} and m.first_nonfinite() is None
+    with pytest.raises(ValueError, match="changed within an epoch"):
+        m.add(torch.tensor(1.0), {"a": torch.tensor(1.0)}, 5)
