@@ -6,11 +6,13 @@
 The tree has LTCC's file naming (``LTCC_ReID/{train,query,test}/PID_CLOTHES_cCAM_IDX.png``) and random 128x64
 pixels; weights are random (speed does not depend on them). Measured, each for the baseline (CLIP-ReID) and SCI:
 
-- ``loader``: the stage-2 DataLoader alone (CLIP-ReID's training transforms, ``--workers`` processes);
+- ``loader``: the stage-2 DataLoader alone (CLIP-ReID's training transforms, ``--workers`` processes), and
+  with ``data.device_augment`` (images decoded once, the batch augmented on the device: the same pixels);
 - ``trunk``: the bare image trunk's step (forward, backward, Adam) on a fixed batch, no heads or losses;
 - ``step``: the engine's stage-2 step alone (``Stage2Task.step`` + the optimizer step) on a fixed batch, with CAL;
 - ``stage 1`` / ``stage 2``: ``scireid train`` itself through the real loader (``metrics.jsonl``'s img/s):
-  the stage-1 epoch (its feature pass is included in the run's time), stage-2 epoch 1 (no CAL) and epoch 2 (CAL);
+  the stage-1 epoch (its feature pass is included in the run's time), stage-2 epoch 1 (no CAL) and epoch 2 (CAL),
+  through the PIL loader and with ``data.device_augment``;
 - peak memory: the GPU's allocator peak, or the process's peak RSS on CPU.
 
 Writes a section of BENCHMARKS.md (``--no-write``: print only).
@@ -64,19 +66,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def loader_rate(cfg, ds, batches: int) -> float:
+def loader_rate(cfg, ds, batches: int, device: str = "cpu") -> float:
+    """Batches ready on ``device``: the PIL loader, or with ``data.device_augment`` the draws plus the batch
+    augmented on the device from the decoded cache (its one-time decoding is not in the rate)."""
     from scireid.engine.distributed import DistContext
     from scireid.engine.tasks import Stage2Task
     from scireid.engine.trainer import model_spec
     from scireid.models.sci import SCIModel
 
-    task = Stage2Task(SCIModel(model_spec(cfg, ds)), ds, cfg, DistContext(device=torch.device("cpu")))
+    task = Stage2Task(SCIModel(model_spec(cfg, ds)), ds, cfg, DistContext(device=torch.device(device)))
     task.set_epoch(0, 0)
     it = iter(task.batches())
     next(it)  # worker start-up is not throughput
+    _sync(device)
     n, t0 = 0, time.perf_counter()
     for _ in range(batches):
-        n += len(next(it)[0])
+        imgs = next(it)[0].to(device, non_blocking=True)
+        n += len(imgs)
+    _sync(device)
     return n / (time.perf_counter() - t0)
 
 
@@ -107,25 +114,26 @@ def step_rate(variant: str, device: str, batch: int, steps: int) -> float:
     return measure(variant, device, batch, steps, warmup=2, compile_=False)["img_per_s"]
 
 
-def e2e(variant: str, tree: Path, device: str, batch: int, steps: int, workers: int, out: Path) -> dict:
+def e2e(variant: str, tree: Path, device: str, batch: int, steps: int, workers: int, out: Path,
+        extra: tuple[str, ...] = (), tag: str = "") -> dict:
     """``scireid train`` on the tree, ``steps`` stage-2 steps an epoch; img/s from the run's own metrics."""
     from scireid.config import load_config
     from scireid.engine.engine import read_metrics
     from scireid.engine.trainer import train
 
-    run = out / f"e2e-{variant}"
+    run = out / f"e2e-{variant}{tag}"
     cfg = load_config("ltcc", [f"data.root={tree}", f"run.out={run}", f"run.device={device}", "model.weights=none",
                                f"stage2.batch_size={batch}", f"data.workers={workers}", "stage1.epochs=1",
                                "stage2.epochs=2", "stage2.cal_start_epoch=1", "stage2.eval_every=0",
-                               f"run.max_steps_per_epoch={steps}", "run.tensorboard=false"], variant=variant)
+                               f"run.max_steps_per_epoch={steps}", "run.tensorboard=false", *extra], variant=variant)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     train(cfg, stage="all")
     rows = {(r["stage"], r["epoch"]): r for r in read_metrics(run / "metrics.jsonl")}
-    return {"stage1": rows[("stage1", 1)]["img_per_s"], "stage2_no_cal": rows[("stage2", 1)]["img_per_s"],
-            "stage2_cal": rows[("stage2", 2)]["img_per_s"], "run_s": time.perf_counter() - t0,
-            "peak_gb": peak_memory_gb(device)}
+    return {f"stage1{tag}": rows[("stage1", 1)]["img_per_s"], f"stage2_no_cal{tag}": rows[("stage2", 1)]["img_per_s"],
+            f"stage2_cal{tag}": rows[("stage2", 2)]["img_per_s"], f"run_s{tag}": time.perf_counter() - t0,
+            f"peak_gb{tag}": peak_memory_gb(device)}
 
 
 def main() -> None:
@@ -156,8 +164,12 @@ def main() -> None:
             r = {"step": step_rate(variant, a.device, batch, steps)}
             if variant == "baseline":
                 r["loader"] = loader_rate(cfg, ds, max(steps, 8))
+                dev_cfg = load_config("ltcc", [f"data.root={tree}", "model.weights=none", f"stage2.batch_size={batch}",
+                                               f"data.workers={a.workers}", "data.device_augment=true"], variant=variant)
+                r["loader_dev"] = loader_rate(dev_cfg, ds, max(steps, 8), a.device)
                 r["trunk"] = trunk_rate(cfg, ds, a.device, batch, steps)
             r |= e2e(variant, tree, a.device, batch, steps, a.workers, tmp)
+            r |= e2e(variant, tree, a.device, batch, steps, a.workers, tmp, ("data.device_augment=true",), "_dev")
             res[variant] = r
             print(variant, json.dumps(r), flush=True)
     b, f = res["baseline"], res["full"]
@@ -176,11 +188,14 @@ def main() -> None:
         else:
             lines.append(f"| {name} | {b[key]:,.1f} | — | — |")
     row("loader alone (training transforms)", "loader")
+    row("loader alone, `data.device_augment` (decoded once, augmented on the device)", "loader_dev")
     row("bare trunk step (forward, backward, Adam)", "trunk")
     row("engine step alone (stage 2, CAL on for SCI)", "step")
     row("stage 1, end to end (cached features)", "stage1")
     row("stage 2 epoch 1, end to end (no CAL)", "stage2_no_cal")
     row("stage 2 epoch 2, end to end (CAL in SCI)", "stage2_cal")
+    row("stage 2 epoch 1, end to end, `data.device_augment`", "stage2_no_cal_dev")
+    row("stage 2 epoch 2, end to end, `data.device_augment`", "stage2_cal_dev")
     mem = "GPU memory (allocator peak)" if gpu else "peak RSS of the process so far (SCI runs second)"
     lines += [f"| {mem}, GB | {b['peak_gb']:.1f} | {f['peak_gb']:.1f} | |", ""]
     from eval_speed import publish

@@ -133,3 +133,50 @@ def test_step_meter_means_match_the_terms():
     assert m.means() == {"a": 4.0, "b": 0.5} and m.first_nonfinite() is None
     with pytest.raises(ValueError, match="changed within an epoch"):
         m.add(torch.tensor(1.0), {"a": torch.tensor(1.0)}, 5)
+
+
+@pytest.mark.parametrize("size,padding,erasing", [((32, 16), 3, 0.5), ((24, 12), 0, 1.0), ((64, 32), 2, 0.0)])
+def test_device_augmentation_equals_the_pil_path_bit_for_bit(tmp_path, size, padding, erasing):
+    """Decoded once, augmented as a batch: every image equals the PIL transform's output from the same seed."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from scireid.data.device_augment import DeviceAugment, Draws, collate_draws, decode_all
+    from scireid.data.loading import ImageDataset, build_transforms
+    from scireid.data.records import Record
+
+    rng = np.random.default_rng(0)
+    records = []
+    for k in range(12):  # LTCC's naming; sizes unlike the input, so the bicubic resize does work
+        path = tmp_path / f"{k:03d}_{k % 3:02d}_c{k % 4 + 1}_{k:06d}.png"
+        Image.fromarray(rng.integers(0, 256, (40 + k, 19 + k % 5, 3), dtype=np.uint8)).save(path)
+        records.append(Record(str(path), k // 2, k % 4, k))
+    tf = build_transforms(*size, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], True, 0.5, padding, erasing)
+    keys = [(k % 12, 1000 + 7919 * k) for k in range(48)]  # each image several times, with other seeds
+    pil = torch.stack([ImageDataset(records, tf)[key][0] for key in keys])
+    augment = DeviceAugment(decode_all(records, tf, torch.device("cpu")), tf)
+    loader = DataLoader(Draws(records, tf), batch_size=16, sampler=keys, collate_fn=collate_draws)
+    dev = torch.cat([augment(draws) for draws, *_ in loader])
+    assert torch.equal(dev, pil)
+    draws = [Draws(records, tf)[key][0] for key in keys]
+    assert 0 < sum(d[1] for d in draws) < len(keys)  # both flipped and unflipped images were compared
+    if padding:
+        assert len({(d[2], d[3]) for d in draws}) > 5  # crop offsets vary
+    erased = sum(d[5].numel() > 0 for d in draws)
+    assert (erased == 0) if not erasing else (erased > len(keys) // 3)  # erasing boxes drawn and filled with noise
+
+
+def test_device_augmentation_trains_like_the_pil_path(data_root, tmp_path):
+    """The same losses, step for step, from the cached path as from PIL (config data.device_augment)."""
+    losses = {}
+    for on in (False, True):
+        cfg = tiny_cfg(data_root, tmp_path / f"r{on}", f"data.device_augment={str(on).lower()}", "data.padding=2",
+                       "data.erasing_prob=0.5", "stage2.cal=false")
+        ds = load_dataset(cfg)
+        torch.manual_seed(0)
+        model = SCIModel(model_spec(cfg, ds))
+        task = Stage2Task(model, ds, cfg, DistContext())
+        task.set_epoch(0, 0)
+        losses[on] = [task.step(batch, 0)[0].item() for _, batch in zip(range(2), task.batches())]
+    assert losses[True] == losses[False]

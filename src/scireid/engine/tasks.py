@@ -132,10 +132,17 @@ class Stage2Task:
                                  seed=cfg.run.seed, rank=ctx.rank, world_size=ctx.world)
         transform = build_transforms(d.height, d.width, d.pixel_mean, d.pixel_std, True, d.flip_prob, d.padding,
                                      d.erasing_prob)
-        self.loader = DataLoader(ImageDataset(ds.train, transform), batch_size=self.sampler.local_batch_size,
+        self.augment = None
+        if d.device_augment:  # decode once, augment on the device: the same batches bit for bit (data/device_augment.py)
+            from ..data.device_augment import DeviceAugment, Draws, collate_draws, decode_all
+            self.augment = DeviceAugment(decode_all(ds.train, transform, ctx.device, d.workers), transform)
+            dataset, collate = Draws(ds.train, transform), collate_draws
+        else:
+            dataset, collate = ImageDataset(ds.train, transform), None
+        self.loader = DataLoader(dataset, batch_size=self.sampler.local_batch_size,
                                  sampler=SeededSampler(self.sampler, cfg.run.seed), num_workers=d.workers,
                                  drop_last=True, pin_memory=ctx.device.type == "cuda",
-                                 persistent_workers=False)
+                                 persistent_workers=False, collate_fn=collate)
         self.pid2clothes = torch.as_tensor(ds.pid2clothes, device=ctx.device)
         self.frozen_bn = ([m for m in model.visual.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
                           if self.c.freeze_backbone_bn else [])
@@ -162,6 +169,9 @@ class Stage2Task:
         return self.sampler.num_batches()
 
     def batches(self) -> Iterator:
+        if self.augment is not None:
+            from ..data.device_augment import device_batches
+            return device_batches(self.loader, self.augment)
         return iter(self.loader)
 
     def cal_active(self, epoch: int) -> bool:
