@@ -8,6 +8,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 { nvidia-smi -L; python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__, torch.cuda.get_device_name(0))"; } 2>&1 | tee "$OUT/env.txt"
+echo "== no host-device sync in the training steps; device augmentation against the PIL path"
+timeout 180 python3 benchmarks/device_checks.py 2>&1 | tee "$OUT/device_checks.txt" | tail -14
 echo "== train step (bf16, batch 64)"; timeout 240 python3 benchmarks/train_step.py --device cuda --no-write 2>&1 | tee "$OUT/train_step.txt" | tail -12
 echo "== end-to-end training speed (LTCC-shaped tree, baseline and SCI, loader / trunk / step / stages, peak memory)"
 timeout 420 python3 benchmarks/train_e2e.py --device cuda --no-write 2>&1 | tee "$OUT/train_e2e.txt" | tail -14
@@ -22,3 +24,5 @@ m = scireid.load('/tmp/grun', device='cuda'); f = m.embed(sorted(glob.glob('/tmp
 print('embed', tuple(f.shape), f.dtype, float(f.norm(dim=1).min()), float(f.norm(dim=1).max()))" 2>&1 | tee -a "$OUT/smoke.txt"
 grep -E "stage2 epoch|general|cloth" "$OUT/smoke.txt" | tail -6
 echo "== train step with --compile"; timeout 200 python3 benchmarks/train_step.py --device cuda --compile --no-write 2>&1 | tee "$OUT/train_step_compile.txt" | tail -8
+echo "== train step with --compile --compile-mode reduce-overhead (CUDA graphs)"
+timeout 240 python3 benchmarks/train_step.py --device cuda --compile --compile-mode reduce-overhead --no-write 2>&1 | tee "$OUT/train_step_graphs.txt" | tail -8

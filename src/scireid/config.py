@@ -134,6 +134,9 @@ class RunConfig:
     amp_dtype: str = "bf16"
     deterministic: bool = False
     compile: bool = False
+    # torch.compile's mode for the image trunk: reduce-overhead replays the step as CUDA graphs (one launch instead of
+    # hundreds: the step is launch-bound on a GPU at batch 64)
+    compile_mode: str = "default"
     # GPU: steps between host reads of the loss (its finite check, the progress bar). A read waits for the GPU to
     # finish, and a launch-bound step cannot afford one every step; a non-finite loss is still caught before any
     # checkpoint is written. CPU reads every step (free there).
@@ -171,6 +174,7 @@ CHOICES = {
     "model.sim_gate": ("scalar", "channel"),
     "stage2.i2t_logits": ("raw", "cosine"),
     "run.amp_dtype": ("bf16", "fp16"),
+    "run.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 

@@ -64,7 +64,7 @@ class Stage1Task:
         self.lr = lr
         n = len(self.feats)
         g = torch.Generator().manual_seed(int(self.cfg.run.seed) * 1000 + epoch)
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).to(self.ctx.device)  # once an epoch: no copy to the device per step
         bs = min(c.batch_size, n)
         n_batches = -(-n // bs)  # CLIP-ReID's stage 1 also trains on the last partial batch
         self._order = [perm[i * bs:(i + 1) * bs] for i in range(n_batches)][start_batch:]
@@ -148,6 +148,7 @@ class Stage2Task:
                           if self.c.freeze_backbone_bn else [])
         self.best: dict[str, Any] = {}
         self.last_eval: dict[str, Any] = {}
+        self._graphs = cfg.run.compile and cfg.run.compile_mode in ("reduce-overhead", "max-autotune")
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"main": self.opt, "clothes": self.opt_cc}
@@ -185,6 +186,8 @@ class Stage2Task:
         imgs, pids, _, clothes, _ = batch
         dev = self.ctx.device
         imgs, pids, clothes = (t.to(dev, non_blocking=True) for t in (imgs, pids, clothes))
+        if self._graphs:  # CUDA graphs: a new step, so the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         self.net.train()
         for bn in self.frozen_bn:  # keep the pretrained running statistics (and use them) in the CLIP trunk
             bn.eval()
