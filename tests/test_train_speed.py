@@ -180,3 +180,14 @@ def test_device_augmentation_trains_like_the_pil_path(data_root, tmp_path):
         task.set_epoch(0, 0)
         losses[on] = [task.step(batch, 0)[0].item() for _, batch in zip(range(2), task.batches())]
     assert losses[True] == losses[False]
+
+
+def test_sse_off_diagonal_mean_is_the_boolean_mask_mean_bit_for_bit():
+    """S_clo (eq. 8) without boolean indexing (a GPU sync) gives exactly the value boolean indexing gives."""
+    from scireid.models.sse import sse_terms
+    torch.manual_seed(0)
+    for b in (2, 3, 17, 64):
+        t_id, t_clo = torch.randn(b, 12), torch.randn(b, 12)
+        t_ort = t_id - 0.3 * t_clo
+        cos = torch.nn.functional.normalize(t_ort, dim=-1) @ torch.nn.functional.normalize(t_clo, dim=-1).T
+        assert torch.equal(sse_terms(t_id, t_clo, t_ort)[1], cos[~torch.eye(b, dtype=torch.bool)].mean())
