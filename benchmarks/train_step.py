@@ -44,7 +44,8 @@ def measure(variant: str, device: str, batch: int, steps: int, warmup: int, comp
     from scireid.models.sci import SCIModel
 
     cfg = load_config(preset, [f"stage2.batch_size={batch}", "model.weights=none", f"run.device={device}",
-                               "run.tensorboard=false", "data.workers=0", f"run.compile={str(compile_).lower()}",
+                               "run.tensorboard=false", "data.workers=0", "data.device_augment=false",  # no files
+                               f"run.compile={str(compile_).lower()}",
                                f"run.compile_mode={compile_mode}"], variant=variant)
     ctx = DistContext(device=torch.device(device))
     ds = fake_dataset()
