@@ -19,10 +19,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .loading import read_image
+from .loading import read_image, seeded
 from .records import Record
 
 log = logging.getLogger(__name__)
+
+
+def _geometry(transform) -> tuple[dict, int, int, int]:
+    """The train Compose's pieces, the crop's height and width, and the padding."""
+    p = _parts(transform)
+    return (p, *p["crop"].size, _padding(p["pad"]))
 
 
 def _parts(transform):
@@ -64,10 +70,10 @@ class Draws(Dataset):
 
     def __init__(self, records: list[Record], transform):
         self.records = records
-        p = _parts(transform)
+        p, self.height, self.width, self.padding = _geometry(transform)
         self.flip, self.crop, self.erase = p["flip"], p["crop"], p["erase"]
-        self.height, self.width = p["crop"].size
-        self.padding = _padding(p["pad"])
+        v = self.erase.value  # as RandomErasing.forward reads it: a string means per-pixel noise
+        self.erase_value = None if isinstance(v, str) else [float(x) for x in np.atleast_1d(v)]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -76,16 +82,15 @@ class Draws(Dataset):
         i, seed = key
         r = self.records[i]
         h, w, pad = self.height, self.width, self.padding
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)  # ImageDataset's seeding, draw for draw
+        with seeded(seed):  # ImageDataset's seeding, draw for draw
             flip = bool(torch.rand(1) < self.flip.p)
             # get_params reads only the shape: a meta tensor holds no pixels
             top, left, _, _ = self.crop.get_params(torch.empty(3, h + 2 * pad, w + 2 * pad, device="meta"), (h, w))
             box, noise = (0, 0, 0, 0), torch.zeros(0)
             if torch.rand(1) < self.erase.p:
                 img = torch.empty(3, h, w, device="meta")
-                value = None if isinstance(self.erase.value, str) else [float(v) for v in np.atleast_1d(self.erase.value)]
-                ei, ej, eh, ew, v = self.erase.get_params(img, scale=self.erase.scale, ratio=self.erase.ratio, value=value)
+                ei, ej, eh, ew, v = self.erase.get_params(img, scale=self.erase.scale, ratio=self.erase.ratio,
+                                                          value=self.erase_value)
                 if v is not img:  # torchvision's fallback after ten misses returns the image itself: nothing erased
                     box, noise = (ei, ej, eh, ew), v.expand(3, eh, ew).reshape(-1).float()
         return (i, flip, top, left, box, noise), r.pid, r.camid, r.clothes, i
@@ -111,10 +116,8 @@ class DeviceAugment:
     """Turns a batch of draws into the augmented float batch on the cache's device."""
 
     def __init__(self, cache: torch.Tensor, transform):
-        p = _parts(transform)
+        p, self.height, self.width, self.padding = _geometry(transform)
         self.cache = cache
-        self.height, self.width = p["crop"].size
-        self.padding = _padding(p["pad"])
         dev = cache.device
         self.mean = torch.as_tensor(p["normalize"].mean, dtype=torch.float32, device=dev).view(-1, 1, 1)
         self.std = torch.as_tensor(p["normalize"].std, dtype=torch.float32, device=dev).view(-1, 1, 1)

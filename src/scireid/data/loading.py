@@ -1,6 +1,7 @@
 """Training input: transforms (CLIP-ReID's CNN recipe), image reading, the P x K sampler."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Iterator, Sequence
 
@@ -64,12 +65,20 @@ class ImageDataset(Dataset):
             if seed is None:
                 img = self.transform(img)
             else:
-                with torch.random.fork_rng(devices=[]):
-                    # the CPU generator alone: torch.manual_seed also seeds every accelerator backend, which on
-                    # a CUDA build costs ~1 ms per image (a third of the CPU demo's input pipeline); same draws
-                    torch.default_generator.manual_seed(seed)
+                with seeded(seed):
                     img = self.transform(img)
         return img, r.pid, r.camid, r.clothes, i
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """The block draws from torch's CPU generator seeded with ``seed``; the caller's generator state is restored.
+
+    The CPU generator alone: torch.manual_seed also seeds every accelerator backend, which on a CUDA build costs
+    ~1 ms per image (a third of the CPU demo's input pipeline); same draws."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 class PKSampler(Sampler[int]):
