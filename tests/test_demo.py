@@ -4,9 +4,12 @@ import math
 
 from PIL import Image
 
+import pytest
+
 from scireid.cli import main
 
 
+@pytest.mark.slow  # 43 s: with it, CI's fresh-clone job took 608-616 s of its 600; `pytest -m slow` runs it
 def test_reduced_full_demo_report(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--ids", "8", "--seed", "3", "--seeds", "3", "stage1.epochs=1", "stage2.epochs=1",
