@@ -257,6 +257,17 @@ def write_markdown(results: list[dict], cmd: str) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    """The CPU's model name: the project's machine differs between sessions, and so do its figures."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def publish(lines: list[str], write: bool) -> None:
     """Print a section (its first line is the title) and, with ``write``, put it into BENCHMARKS.md."""
     md = "\n".join(lines)

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # GPU checks and timings, run on a lent GPU machine (see BENCHMARKS.md). Never needed by tests.
 # Usage there: bash benchmarks/gpu_check.sh [PART ...]   (expects open_clip/ftfy wheels in .whl/ if not installed)
-#   speed    no host-device sync in the steps, device augmentation vs PIL on the GPU, the stage-2 step (eager),
-#            the end-to-end run on an LTCC-sized tree (issue #26's figures)          ~8 min
-#   compile  the step with --compile, default and reduce-overhead (CUDA graphs) modes  ~6 min
-#   smoke    train, eval and embed a tiny model end to end on CUDA                     ~2 min
-# No PART: all three. Each part fits a 10-minute command on its own.
+#   speed        no host-device sync in the steps, device augmentation vs PIL on the GPU, the stage-2 step
+#                (eager), the end-to-end run on an LTCC-sized tree with the whole LTCC schedule projected
+#                (issue #26's figures)                                                            ~9 min
+#   compile      the stage-2 step with --compile, default and reduce-overhead (CUDA graphs) modes  ~6 min
+#   compile-e2e  the end-to-end run and the LTCC projection with --compile reduce-overhead (both
+#                stages compiled), device augmentation                                            ~8 min
+#   smoke        train, eval and embed a tiny model end to end on CUDA                            ~2 min
+# No PART: speed, compile, smoke. Each part fits a 10-minute command on its own.
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 PARTS=${*:-speed compile smoke}
@@ -22,13 +25,18 @@ for part in $PARTS; do
     echo "== train step (bf16, batch 64)"
     timeout 120 python3 benchmarks/train_step.py --device cuda --no-write 2>&1 | tee "$OUT/train_step.txt" | tail -12
     echo "== end-to-end training speed (LTCC-sized tree, baseline and SCI, loader / trunk / step / stages, memory)"
-    timeout 300 python3 benchmarks/train_e2e.py --device cuda --steps 40 --no-write 2>&1 | tee "$OUT/train_e2e.txt" | tail -18
+    timeout 330 python3 benchmarks/train_e2e.py --device cuda --steps 30 --no-write 2>&1 | tee "$OUT/train_e2e.txt" | tail -22
     ;;
   compile)
     echo "== train step with --compile"
     timeout 170 python3 benchmarks/train_step.py --device cuda --compile --no-write 2>&1 | tee "$OUT/train_step_compile.txt" | tail -8
     echo "== train step with --compile --compile-mode reduce-overhead (CUDA graphs)"
     timeout 200 python3 benchmarks/train_step.py --device cuda --compile --compile-mode reduce-overhead --no-write 2>&1 | tee "$OUT/train_step_graphs.txt" | tail -8
+    ;;
+  compile-e2e)
+    echo "== end-to-end training speed with --compile reduce-overhead (stage 1's text encoder, stage 2's trunk)"
+    TORCH_LOGS="recompiles,graph_breaks,perf_hints" timeout 540 python3 benchmarks/train_e2e.py --device cuda --steps 30 --compile reduce-overhead --loaders dev \
+      --no-write 2>&1 | tee "$OUT/train_e2e_graphs.txt" | tail -16
     ;;
   smoke)
     echo "== end-to-end smoke on cuda"
@@ -42,6 +50,6 @@ m = scireid.load('/tmp/grun', device='cuda'); f = m.embed(sorted(glob.glob('/tmp
 print('embed', tuple(f.shape), f.dtype, float(f.norm(dim=1).min()), float(f.norm(dim=1).max()))" 2>&1 | tee -a "$OUT/smoke.txt"
     grep -E "stage2 epoch|general|cloth" "$OUT/smoke.txt" | tail -6
     ;;
-  *) echo "unknown part: $part (expected speed, compile or smoke)"; exit 2 ;;
+  *) echo "unknown part: $part (expected speed, compile, compile-e2e or smoke)"; exit 2 ;;
   esac
 done

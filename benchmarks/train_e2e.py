@@ -11,9 +11,12 @@ pixels; weights are random (speed does not depend on them). Measured, each for t
 - ``trunk``: the bare image trunk's step (forward, backward, Adam) on a fixed batch, no heads or losses;
 - ``step``: the engine's stage-2 step alone (``Stage2Task.step`` + the optimizer step) on a fixed batch, with CAL;
 - ``stage 1`` / ``stage 2``: ``scireid train`` itself through the real loader (``metrics.jsonl``'s img/s):
-  the stage-1 epoch (its feature pass is included in the run's time), stage-2 epoch 1 (no CAL) and epoch 2 (CAL),
-  through the PIL loader and with ``data.device_augment``;
+  stage 1's feature pass (timed on its own) and its second epoch, stage-2 epoch 2 (no CAL) and epoch 3 (CAL),
+  through the PIL loader and with ``data.device_augment``; the first epochs hold the one-time costs;
+- the whole LTCC schedule (60 + 120 epochs and the evaluations) projected from those rates;
 - peak memory: the GPU's allocator peak, or the process's peak RSS on CPU.
+
+``--compile MODE`` runs all of it with ``run.compile=true run.compile_mode=MODE``.
 
 Writes a section of BENCHMARKS.md (``--no-write``: print only).
 """
@@ -109,9 +112,14 @@ def trunk_rate(cfg, ds, device: str, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - t0)
 
 
-def step_rate(variant: str, device: str, batch: int, steps: int) -> float:
+ARCH: list[str] = []  # ``--arch``: a model.arch override in every config (a tiny model checks this script quickly)
+
+
+def step_rate(variant: str, device: str, batch: int, steps: int, compile_mode: str | None = None) -> float:
     from train_step import measure
-    return measure(variant, device, batch, steps, warmup=2, compile_=False)["img_per_s"]
+    return measure(variant, device, batch, steps, warmup=2 if compile_mode is None else 4,
+                   compile_=compile_mode is not None, compile_mode=compile_mode or "default",
+                   extra=tuple(ARCH))["img_per_s"]
 
 
 def e2e(variant: str, tree: Path, device: str, batch: int, steps: int, workers: int, out: Path,
@@ -121,31 +129,65 @@ def e2e(variant: str, tree: Path, device: str, batch: int, steps: int, workers: 
     from scireid.engine.engine import read_metrics
     from scireid.engine.trainer import train
 
+    import scireid.engine.trainer as trainer
+
     run = out / f"e2e-{variant}{tag}"
+    feature_pass = trainer.stage1_features
+
+    def timed_feature_pass(*a, **k):  # stage 1's one forward over the train images, outside its epochs' img/s
+        t = time.perf_counter()
+        r = feature_pass(*a, **k)
+        _sync(device)
+        timings["features_s"] = time.perf_counter() - t
+        return r
+    timings: dict[str, float] = {}
+    trainer.stage1_features = timed_feature_pass
     cfg = load_config("ltcc", [f"data.root={tree}", f"run.out={run}", f"run.device={device}", "model.weights=none",
-                               f"stage2.batch_size={batch}", f"data.workers={workers}", "stage1.epochs=1",
-                               "stage2.epochs=2", "stage2.cal_start_epoch=1", "stage2.eval_every=0",
-                               f"run.max_steps_per_epoch={steps}", "run.tensorboard=false", *extra], variant=variant)
+                               f"stage2.batch_size={batch}", f"data.workers={workers}", "stage1.epochs=2",
+                               "stage2.epochs=3", "stage2.cal_start_epoch=2", "stage2.eval_every=0",
+                               f"run.max_steps_per_epoch={steps}", "run.tensorboard=false", *ARCH, *extra],
+                      variant=variant)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     train(cfg, stage="all")
     rows = {(r["stage"], r["epoch"]): r for r in read_metrics(run / "metrics.jsonl")}
-    return {f"stage1{tag}": rows[("stage1", 1)]["img_per_s"], f"stage2_no_cal{tag}": rows[("stage2", 1)]["img_per_s"],
-            f"stage2_cal{tag}": rows[("stage2", 2)]["img_per_s"], f"run_s{tag}": time.perf_counter() - t0,
-            f"peak_gb{tag}": peak_memory_gb(device)}
+    # the second epoch of each: the first holds the one-time costs (oneDNN's or cuDNN's set-up, torch.compile)
+    return {f"stage1{tag}": rows[("stage1", 2)]["img_per_s"], f"stage2_no_cal{tag}": rows[("stage2", 2)]["img_per_s"],
+            f"stage2_cal{tag}": rows[("stage2", 3)]["img_per_s"], f"run_s{tag}": time.perf_counter() - t0,
+            f"features_s{tag}": timings["features_s"], f"peak_gb{tag}": peak_memory_gb(device)}
+
+
+def ltcc_schedule_minutes(r: dict, tag: str, train_images: int) -> float:
+    """LTCC's whole schedule from one run's rates: the stage-1 feature pass, stage 1's epochs, stage 2's epochs
+    before CAL at the no-CAL rate and after it at the CAL rate, and every evaluation of query + gallery at the
+    feature pass's forward rate. The preset's epochs and LTCC's real sizes (9,576 / 493 / 7,050)."""
+    from scireid.config import load_config
+    c = load_config("ltcc", [])
+    n, n_eval = 9576, 493 + 7050
+    fwd = train_images / r[f"features_s{tag}"]
+    evals = c.stage2.epochs // c.stage2.eval_every if c.stage2.eval_every else 0
+    cal_from = min(c.stage2.cal_start_epoch, c.stage2.epochs)
+    s = (n / fwd + c.stage1.epochs * n / r[f"stage1{tag}"] + cal_from * n / r[f"stage2_no_cal{tag}"]
+         + (c.stage2.epochs - cal_from) * n / r[f"stage2_cal{tag}"] + evals * n_eval / fwd)
+    return s / 60
 
 
 def e2e_fresh(variant: str, tree: Path, device: str, batch: int, steps: int, workers: int, out: Path,
-              tag: str = "") -> dict:
+              tag: str = "", compile_mode: str | None = None) -> dict:
     """``e2e`` in a fresh process: run after others in one process, SCI's first stage-2 epoch measured up to 40%
     slower on CPU (the allocator's state; peak RSS 5.5 against 3.8 GB), which is the process, not the method."""
     import subprocess
     cmd = [sys.executable, __file__, "--device", device, "--batch", str(batch), "--steps", str(steps), "--workers",
-           str(workers), "--tree", str(tree), "--child", variant, tag or "-", str(out)]
+           str(workers), "--tree", str(tree), "--child", variant, tag or "-", str(out), *(["--arch", ARCH[0][11:]] if ARCH else [])]
+    if compile_mode:
+        cmd += ["--compile", compile_mode]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr[-3000:]}")
+    if os.environ.get("TORCH_LOGS"):  # what torch.compile said (recompiles, graph breaks, skipped CUDA graphs)
+        lines = [ln for ln in p.stderr.splitlines() if "torch/_" in ln or "cudagraph" in ln.lower()]
+        print(f"[{variant} {tag or 'pil'}] " + "\n".join(lines[-40:]), file=sys.stderr)
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -156,16 +198,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="stage-2 steps per epoch and for the step timings (GPU 60, CPU 4)")
     ap.add_argument("--workers", type=int, default=min(14, max(0, (os.cpu_count() or 1) - 2)))
     ap.add_argument("--tree", type=Path, help="an existing LTCC-shaped tree (default: generate one)")
+    ap.add_argument("--compile", metavar="MODE", help="run.compile=true with this run.compile_mode in every run and "
+                    "step timed (default, reduce-overhead, ...): the compiled stage-1 text encoder and stage-2 trunk")
+    ap.add_argument("--loaders", choices=("both", "pil", "dev"), default="both",
+                    help="the end-to-end runs through the PIL loader, with data.device_augment, or both")
+    ap.add_argument("--arch", help="another model.arch (e.g. tiny-rn: checks the script in seconds); not for figures")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "TAG", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.arch:
+        ARCH.append(f"model.arch={a.arch}")
     if a.child:  # one run in a process of its own (e2e_fresh)
         variant, tag, out = a.child
         if tag == "step":
-            print(json.dumps({"step": step_rate(variant, a.device, a.batch, a.steps)}))
+            print(json.dumps({"step": step_rate(variant, a.device, a.batch, a.steps, a.compile)}))
             return
         tag = "" if tag == "-" else tag
         extra = ("data.device_augment=true",) if tag == "_dev" else ()
+        if a.compile:
+            extra += ("run.compile=true", f"run.compile_mode={a.compile}")
         print(json.dumps(e2e(variant, a.tree, a.device, a.batch, a.steps, a.workers, Path(out), extra, tag)))
         return
     gpu = a.device.startswith("cuda")
@@ -180,48 +231,68 @@ def main() -> None:
         sizes = (9576, 493, 7050) if gpu else (320, 40, 120)
         tree = a.tree or make_ltcc_tree(tmp / "tree", *sizes)
         res: dict[str, dict] = {}
+        tags = {"both": ("", "_dev"), "pil": ("",), "dev": ("_dev",)}[a.loaders]
         for variant in ("baseline", "full"):
             cfg = load_config("ltcc", [f"data.root={tree}", "model.weights=none", f"stage2.batch_size={batch}",
-                                       f"data.workers={a.workers}", f"run.device={a.device}"], variant=variant)
+                                       f"data.workers={a.workers}", f"run.device={a.device}", *ARCH], variant=variant)
             ds = load_dataset(cfg)
-            r = e2e_fresh(variant, tree, a.device, batch, steps, a.workers, tmp, "step")
+            r = e2e_fresh(variant, tree, a.device, batch, steps, a.workers, tmp, "step", a.compile)
             if variant == "baseline":
                 r["loader"] = loader_rate(cfg, ds, max(steps, 8))
                 dev_cfg = load_config("ltcc", [f"data.root={tree}", "model.weights=none", f"stage2.batch_size={batch}",
-                                               f"data.workers={a.workers}", "data.device_augment=true"], variant=variant)
+                                               f"data.workers={a.workers}", "data.device_augment=true", *ARCH],
+                                      variant=variant)
                 r["loader_dev"] = loader_rate(dev_cfg, ds, max(steps, 8), a.device)
                 r["trunk"] = trunk_rate(cfg, ds, a.device, batch, steps)
-            r |= e2e_fresh(variant, tree, a.device, batch, steps, a.workers, tmp)
-            r |= e2e_fresh(variant, tree, a.device, batch, steps, a.workers, tmp, "_dev")
+            for tag in tags:
+                r |= e2e_fresh(variant, tree, a.device, batch, steps, a.workers, tmp, tag, a.compile)
             res[variant] = r
             print(variant, json.dumps(r), flush=True)
     b, f = res["baseline"], res["full"]
-    where = torch.cuda.get_device_name(0) if gpu else f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    from eval_speed import cpu_model, publish
+    where = torch.cuda.get_device_name(0) if gpu else f"{os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()})"
     dtype = "bf16 autocast" if gpu else "fp32"
-    cmd = "python benchmarks/train_e2e.py" + (f" --device {a.device}" if gpu else "")
-    lines = [f"## End-to-end training speed, {'GPU' if gpu else 'CPU'} ({date.today().isoformat()})", "",
-             f"Machine: {where}; torch {torch.__version__}. Command: `{cmd}`. RN50 (random init) at 256x128, batch "
+    cmd = ("python benchmarks/train_e2e.py" + (f" --device {a.device}" if gpu else "")
+           + (f" --compile {a.compile}" if a.compile else "") + (f" --loaders {a.loaders}" if a.loaders != "both" else "")
+           + (f" --arch {a.arch}" if a.arch else ""))
+    lines = [f"## End-to-end training speed, {'GPU' if gpu else 'CPU'}, {where} ({date.today().isoformat()})", "",
+             f"Machine: {where}; torch {torch.__version__}. Command: `{cmd}`. {a.arch or 'RN50'} (random init) at 256x128, batch "
              f"{batch}, {dtype}, {a.workers} loader workers; an LTCC-shaped tree of {sizes[0]:,} / {sizes[1]:,} / "
              f"{sizes[2]:,} random 128x64 images; {steps} stage-2 steps per timed epoch. Images/s.", "",
              "| measurement | baseline | SCI | SCI over baseline (time) |", "|---|---|---|---|"]
 
-    def row(name: str, key: str) -> None:
-        if key in b and key in f:
-            lines.append(f"| {name} | {b[key]:,.1f} | {f[key]:,.1f} | {100 * (b[key] / f[key] - 1):+.1f}% |")
+    for r in (b, f):
+        for tag in tags:
+            r[f"fwd{tag}"] = sizes[0] / r[f"features_s{tag}"]
+
+    def row(name: str, key: str, rate: bool = True) -> None:
+        if key not in b:
+            return
+        if key in f:
+            over = b[key] / f[key] if rate else f[key] / b[key]
+            lines.append(f"| {name} | {b[key]:,.1f} | {f[key]:,.1f} | {100 * (over - 1):+.1f}% |")
         else:
             lines.append(f"| {name} | {b[key]:,.1f} | — | — |")
     row("loader alone (training transforms)", "loader")
     row("loader alone, `data.device_augment` (decoded once, augmented on the device)", "loader_dev")
     row("bare trunk step (forward, backward, Adam)", "trunk")
     row("engine step alone (stage 2, CAL on for SCI)", "step")
-    row("stage 1, end to end (cached features)", "stage1")
-    row("stage 2 epoch 1, end to end (no CAL)", "stage2_no_cal")
-    row("stage 2 epoch 2, end to end (CAL in SCI)", "stage2_cal")
-    row("stage 2 epoch 1, end to end, `data.device_augment`", "stage2_no_cal_dev")
-    row("stage 2 epoch 2, end to end, `data.device_augment`", "stage2_cal_dev")
+    for tag in tags:
+        how = "" if tag == "" else ", `data.device_augment`"
+        row(f"stage 1's feature pass (one forward of the train images){how}", f"fwd{tag}")
+        row(f"stage 1 epoch 2, end to end (cached features){how}", f"stage1{tag}")
+        row(f"stage 2 epoch 2, end to end (no CAL){how}", f"stage2_no_cal{tag}")
+        row(f"stage 2 epoch 3, end to end (CAL in SCI){how}", f"stage2_cal{tag}")
+    for tag, name in (("", "PIL loader"), ("_dev", "`data.device_augment`")):
+        if tag not in tags:
+            continue
+        b[f"ltcc_min{tag}"], f[f"ltcc_min{tag}"] = (ltcc_schedule_minutes(r, tag, sizes[0]) for r in (b, f))
+        row(f"whole LTCC schedule (60 + 120 epochs, 12 evaluations) projected, minutes, {name}", f"ltcc_min{tag}", rate=False)
     mem = "GPU memory (allocator peak)" if gpu else "peak RSS of the run's own process"
-    lines += [f"| {mem}, GB | {b['peak_gb']:.1f} | {f['peak_gb']:.1f} | |", ""]
-    from eval_speed import publish
+    for tag in tags:
+        loader = "PIL loader" if tag == "" else "`data.device_augment`"
+        lines.append(f"| {mem}, {loader}, GB | {b[f'peak_gb{tag}']:.1f} | {f[f'peak_gb{tag}']:.1f} | |")
+    lines.append("")
     publish(lines, not a.no_write)
 
 

@@ -35,7 +35,7 @@ def fake_dataset(n_ids: int = 77, clothes_per_id: int = 4):
 
 
 def measure(variant: str, device: str, batch: int, steps: int, warmup: int, compile_: bool,
-            preset: str = "ltcc", compile_mode: str = "default") -> dict:
+            preset: str = "ltcc", compile_mode: str = "default", extra: tuple[str, ...] = ()) -> dict:
     from scireid.config import load_config
     from scireid.engine.distributed import DistContext
     from scireid.engine.engine import Engine
@@ -46,7 +46,7 @@ def measure(variant: str, device: str, batch: int, steps: int, warmup: int, comp
     cfg = load_config(preset, [f"stage2.batch_size={batch}", "model.weights=none", f"run.device={device}",
                                "run.tensorboard=false", "data.workers=0", "data.device_augment=false",  # no files
                                f"run.compile={str(compile_).lower()}",
-                               f"run.compile_mode={compile_mode}"], variant=variant)
+                               f"run.compile_mode={compile_mode}", *extra], variant=variant)
     ctx = DistContext(device=torch.device(device))
     ds = fake_dataset()
     torch.manual_seed(0)
@@ -134,14 +134,15 @@ def main():
     overhead = res[0]["img_per_s"] / res[1]["img_per_s"] - 1
     peak = gemm_peak(a.device)
     print(json.dumps({"results": res, "sci_time_overhead": overhead}, indent=1))
-    where = res[0].get("gpu") or f"{os.cpu_count()} CPU cores ({platform.machine()})"
+    from eval_speed import cpu_model
+    where = res[0].get("gpu") or f"{os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()})"
     cmd = "python benchmarks/train_step.py" + (f" --device {a.device}" if gpu else "") + (
         f" --steps {a.steps}" if a.steps else "") + (
         " --compile" if a.compile else "") + (f" --compile-mode {a.compile_mode}" if a.compile_mode != "default" else "") + (f" --preset {a.preset}" if synth else "") + (
         f" --threads {a.threads}" if a.threads else "")
     model = "synth-clip (random init) at 64x32" if synth else "RN50 (random init) at 256x128"
     title = f"Stage-2 training step{', CPU demo model' if synth else ''}, {'GPU' if gpu else 'CPU'}"
-    lines = [f"## {title} ({date.today().isoformat()})", "",
+    lines = [f"## {title}, {where} ({date.today().isoformat()})", "",
              f"Machine: {where}; torch {torch.__version__}, {torch.get_num_threads()} thread(s). Command: `{cmd}`. "
              f"{model}, batch {batch}, {res[0]['dtype']}, {steps} timed steps after warm-up, best of two rounds.", "",
              "| variant | images/s | peak GPU memory |", "|---|---|---|"]

@@ -69,3 +69,27 @@ def test_training_benchmark_tree_is_read_as_ltcc(tmp_path):
     assert (len(ds.train), len(ds.test)) == (48, 24) and not ds.bad_names
     assert ds.num_train_pids == 6 and len({r.clothes for r in ds.train}) > 6
     assert len({r.camid for r in ds.train}) == 6 and len({r.pid for r in ds.test}) == 6
+
+
+def test_ltcc_schedule_projection_adds_up_the_preset_s_epochs():
+    """The projection #26 asks for, by hand: LTCC's preset trains 60 stage-1 epochs and 120 stage-2 epochs (CAL
+    from epoch 45) and evaluates 12 times; 9,576 train and 7,543 query + gallery images."""
+    from train_e2e import ltcc_schedule_minutes
+
+    r = {"features_s": 10.0, "stage1": 9576.0, "stage2_no_cal": 957.6, "stage2_cal": 478.8}  # forward: 100 img/s
+    seconds = 95.76 + 60 * 1 + 45 * 10 + 75 * 20 + 12 * 75.43
+    assert ltcc_schedule_minutes(r, "", 1000) == pytest.approx(seconds / 60)
+
+
+@pytest.mark.slow  # about a minute: a tiny model through the whole benchmark, both stages compiled
+def test_training_benchmark_runs_end_to_end_with_compile(tmp_path):
+    """What `gpu_check.sh compile-e2e` runs on a GPU, on CPU with a tiny model: every row and the projection."""
+    import subprocess
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_e2e.py"
+    p = subprocess.run([sys.executable, str(script), "--arch", "tiny-rn", "--steps", "2", "--loaders", "dev",
+                        "--compile", "default", "--no-write"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    table = {ln.split(" | ")[0].lstrip("| "): ln.split(" | ")[1:] for ln in p.stdout.splitlines() if ln.startswith("| ")}
+    assert len([k for k in table if "data.device_augment" in k]) == 7
+    minutes = table["whole LTCC schedule (60 + 120 epochs, 12 evaluations) projected, minutes, `data.device_augment`"]
+    assert float(minutes[0].replace(",", "")) > 0 and float(minutes[1].replace(",", "")) > 0

@@ -191,3 +191,38 @@ def test_sse_off_diagonal_mean_is_the_boolean_mask_mean_bit_for_bit():
         t_ort = t_id - 0.3 * t_clo
         cos = torch.nn.functional.normalize(t_ort, dim=-1) @ torch.nn.functional.normalize(t_clo, dim=-1).T
         assert torch.equal(sse_terms(t_id, t_clo, t_ort)[1], cos[~torch.eye(b, dtype=torch.bool)].mean())
+
+
+@pytest.mark.slow  # about a minute: inductor compiles both stages' graphs on CPU
+def test_compile_trains_both_stages_like_eager_and_saves_the_same_names(data_root, tmp_path, monkeypatch):
+    """``run.compile`` compiles stage 1's text encoder and stage 2's trunk; the losses follow eager's to rounding,
+    and the weights file has the eager model's names (a compiled run's checkpoint loads into an eager model)."""
+    from safetensors.torch import load_file
+
+    from scireid.engine.engine import read_metrics
+    from scireid.engine.trainer import train
+
+    compiled, real_compile = [], torch.compile
+
+    def recording_compile(fn, **kw):
+        compiled.append(getattr(fn, "__name__", type(fn).__name__))
+        return real_compile(fn, **kw)
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    runs = {}
+    for on in ("false", "true"):
+        out = tmp_path / f"compile-{on}"
+        train(tiny_cfg(data_root, out, f"run.compile={on}", "stage2.eval_every=0"))
+        runs[on] = ([r for r in read_metrics(out / "metrics.jsonl")], load_file(str(out / "model_last.safetensors")))
+    assert compiled == ["TextEncoder", "trunk"]  # what the compiled run compiled, stage by stage
+    (eager, w_eager), (comp, w_comp) = runs["false"], runs["true"]
+    assert [(r["stage"], r["epoch"]) for r in comp] == [(r["stage"], r["epoch"]) for r in eager]
+    keys = {"i2t", "t2i", "sse", "id", "tri", "cal"}
+    compared = 0
+    for a, b in zip(eager, comp):
+        for k in keys & set(a):
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-4), (a["stage"], a["epoch"], k)
+            compared += 1
+    assert compared >= 14  # stage 1's three terms twice, stage 2's id, tri three times and cal twice
+    assert w_comp.keys() == w_eager.keys()
+    for k in w_eager:
+        torch.testing.assert_close(w_comp[k], w_eager[k], rtol=1e-2, atol=1e-3)

@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CLIP-ReID recipe layer (configs/backbones); default: from model.arch")
     t.add_argument("--out", help="run directory (run.out)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    t.add_argument("--compile", action="store_true", help="torch.compile the image encoder")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the text encoder (stage 1) and the image trunk (stage 2)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run (or checkpoint) on its dataset's protocols")

@@ -133,9 +133,9 @@ class RunConfig:
     # bf16 (losses in fp32, no scaler) or fp16 with a GradScaler, as CLIP-ReID trains (its torch.cuda.amp loop)
     amp_dtype: str = "bf16"
     deterministic: bool = False
-    compile: bool = False
-    # torch.compile's mode for the image trunk: reduce-overhead replays the step as CUDA graphs (one launch instead of
-    # hundreds: the step is launch-bound on a GPU at batch 64)
+    compile: bool = False  # torch.compile stage 1's text encoder and stage 2's image trunk
+    # torch.compile's mode: reduce-overhead replays them as CUDA graphs (one launch instead of hundreds: both stages'
+    # steps are launch-bound on a GPU at batch 64)
     compile_mode: str = "default"
     # GPU: steps between host reads of the loss (its finite check, the progress bar). A read waits for the GPU to
     # finish, and a launch-bound step cannot afford one every step; a non-finite loss is still caught before any

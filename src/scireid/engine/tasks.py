@@ -25,6 +25,11 @@ def _set_lr(opt: torch.optim.Optimizer, lr_of_group: Callable[[dict], float]) ->
         g["lr"] = lr_of_group(g)
 
 
+def graphs_on(cfg: Config) -> bool:
+    """Whether ``run.compile`` replays the compiled parts as CUDA graphs (torch.compile's modes that use them)."""
+    return cfg.run.compile and cfg.run.compile_mode in ("reduce-overhead", "max-autotune")
+
+
 def adam(params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """CLIP-ReID's Adam, fused into one kernel per step where torch has one (CPU, CUDA): the same update
     (bitwise in float64, within an ulp in float32), without a Python loop over ~70 tensors (a fifth of the
@@ -50,6 +55,10 @@ class Stage1Task:
             p.requires_grad_(True)
         self.opt = adam(params, lr=self.c.lr, weight_decay=self.c.weight_decay)
         self._order: list[torch.Tensor] = []
+        # stage 1 is the text transformer's forward and backward on 64 short prompts: on a GPU, kernel launches.
+        # Compiled here, not in the model: the prototypes after stage 1 run the eager encoder (other shapes, no grad)
+        self.text = torch.compile(model.text, mode=cfg.run.compile_mode, dynamic=False) if cfg.run.compile else None
+        self._graphs = graphs_on(cfg)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"main": self.opt}
@@ -76,9 +85,11 @@ class Stage1Task:
     def step(self, idx: torch.Tensor, epoch: int):
         idx = idx.to(self.ctx.device)
         y, c, img = self.pids[idx], self.clothes[idx], self.feats[idx]
+        if self._graphs:  # CUDA graphs: a new step, so the previous step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         self.model.train()
         with autocast(self.ctx.device, self.cfg.run.amp, self.cfg.run.amp_dtype):
-            t = self.model.stage1_text(y, c if self.model.spec.sse else None)
+            t = self.model.stage1_text(y, c if self.model.spec.sse else None, self.text)
         t = {k: v.float() for k, v in t.items()}
         text = t["t_ort"] if (self.model.spec.sse and self.c.contrastive_text == "ort") else t["t_id"]
         kw = dict(temperature=self.c.temperature, normalize=self.c.normalize)
@@ -148,7 +159,7 @@ class Stage2Task:
                           if self.c.freeze_backbone_bn else [])
         self.best: dict[str, Any] = {}
         self.last_eval: dict[str, Any] = {}
-        self._graphs = cfg.run.compile and cfg.run.compile_mode in ("reduce-overhead", "max-autotune")
+        self._graphs = graphs_on(cfg)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"main": self.opt, "clothes": self.opt_cc}

@@ -274,8 +274,8 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
     if ctx.enabled:
         convert_batchnorm(model)
     if cfg.run.compile:
-        # keeps state-dict names intact
-        model.visual.trunk = torch.compile(model.visual.trunk, mode=cfg.run.compile_mode)
+        # the trunk is a method: compiling it keeps the state-dict names intact
+        model.visual.trunk = torch.compile(model.visual.trunk, mode=cfg.run.compile_mode, dynamic=False)
     task = Stage2Task(model, ds, cfg, ctx, evaluate, ddp_wrap if ctx.enabled else None)
     if engine.run(task, resume) == 0 and cfg.stage2.eval_every > 0:  # resumed a finished run: evaluate what is there
         task.last_eval = evaluate(task.epochs - 1) or {}

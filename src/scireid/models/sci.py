@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -126,15 +126,18 @@ class SCIModel(nn.Module):
         return self.visual.map_dim + self.visual.proj_dim
 
     # ------------------------------------------------------------------ text side (stage 1)
-    def text_features(self, learner: PromptLearner, labels: torch.Tensor) -> torch.Tensor:
+    def text_features(self, learner: PromptLearner, labels: torch.Tensor,
+                      encoder: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """``encoder``: ``self.text`` or a compiled wrapper of it (stage 1 under ``run.compile``)."""
         prompts, tok = learner(labels)
-        return self.text(prompts, tok)
+        return (self.text if encoder is None else encoder)(prompts, tok)
 
-    def stage1_text(self, pids: torch.Tensor, clothes: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        t_id = self.text_features(self.id_prompts, pids)
+    def stage1_text(self, pids: torch.Tensor, clothes: torch.Tensor | None,
+                    encoder: Callable[..., torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        t_id = self.text_features(self.id_prompts, pids, encoder)
         out = {"t_id": t_id}
         if self.spec.sse and clothes is not None:
-            t_clo = self.text_features(self.clothes_prompts, clothes)
+            t_clo = self.text_features(self.clothes_prompts, clothes, encoder)
             out.update(t_clo=t_clo, t_ort=orthogonalize(t_id, t_clo))
         return out
 
