@@ -53,7 +53,8 @@ def measure(variant: str, device: str, batch: int, steps: int, warmup: int, comp
     model = SCIModel(model_spec(cfg, ds)).to(ctx.device)
     model.prototypes.normal_()
     if compile_:
-        model.visual.trunk = torch.compile(model.visual.trunk, mode=compile_mode)
+        from scireid.engine.trainer import compile_trunk
+        compile_trunk(model, cfg)  # what `scireid train --compile` does
     task = Stage2Task(model, ds, cfg, ctx)
     engine = Engine(Path("/tmp"), ctx, amp=cfg.run.amp)
     scaler = None

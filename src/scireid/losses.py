@@ -58,8 +58,8 @@ def cal_loss(cos_logits: torch.Tensor, clothes: torch.Tensor, pos_mask: torch.Te
     """
     s = scale * cos_logits.float()
     neg = 1.0 - pos_mask.float()
-    exp = torch.exp(s - s.max(1, keepdim=True).values.detach())
     shift = s.max(1, keepdim=True).values.detach()
+    exp = torch.exp(s - shift)
     log_den = torch.log((exp * neg).sum(1, keepdim=True) + exp) + shift
     log_prob = s - log_den
     own = F.one_hot(clothes, s.shape[1]).float()

@@ -239,6 +239,12 @@ def run_stage1(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
     barrier(ctx)
 
 
+def compile_trunk(model: SCIModel, cfg: Config) -> None:
+    """Stage 2 under ``run.compile``. The trunk is a method, so the state-dict names stay the eager model's; static
+    shapes, so the training batch never runs a dynamic-shape graph compiled for an evaluation remainder."""
+    model.visual.trunk = torch.compile(model.visual.trunk, mode=cfg.run.compile_mode, dynamic=False)
+
+
 def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, engine: Engine, run: Path,
                resume: bool) -> dict[str, Any]:
     from .evaluation import evaluate_model
@@ -274,8 +280,7 @@ def run_stage2(model: SCIModel, ds: ReIDDataset, cfg: Config, ctx: DistContext, 
     if ctx.enabled:
         convert_batchnorm(model)
     if cfg.run.compile:
-        # the trunk is a method: compiling it keeps the state-dict names intact
-        model.visual.trunk = torch.compile(model.visual.trunk, mode=cfg.run.compile_mode, dynamic=False)
+        compile_trunk(model, cfg)
     task = Stage2Task(model, ds, cfg, ctx, evaluate, ddp_wrap if ctx.enabled else None)
     if engine.run(task, resume) == 0 and cfg.stage2.eval_every > 0:  # resumed a finished run: evaluate what is there
         task.last_eval = evaluate(task.epochs - 1) or {}
