@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # GPU checks and timings, run on a lent GPU machine (see BENCHMARKS.md). Never needed by tests.
 # Usage there: bash benchmarks/gpu_check.sh [PART ...]   (expects open_clip/ftfy wheels in .whl/ if not installed)
+#   issue26      the fewest minutes that answer issue #26's first criterion: SCI end to end on an LTCC-sized
+#                tree (device augmentation), eager and with --compile reduce-overhead: stage-2 images/s,
+#                --compile against eager, and the whole LTCC schedule projected                  ~5 min
 #   speed        no host-device sync in the steps, device augmentation vs PIL on the GPU, the stage-2 step
 #                (eager), the end-to-end run on an LTCC-sized tree with the whole LTCC schedule projected
 #                (issue #26's figures)                                                            ~9 min
@@ -33,6 +36,16 @@ for part in $PARTS; do
     echo "== train step with --compile --compile-mode reduce-overhead (CUDA graphs)"
     timeout 200 python3 benchmarks/train_step.py --device cuda --compile --compile-mode reduce-overhead --no-write 2>&1 | tee "$OUT/train_step_graphs.txt" | tail -8
     ;;
+  issue26)
+    echo "== SCI end to end, eager, then --compile reduce-overhead (LTCC-sized tree, data.device_augment)"
+    [ -d /tmp/e2e_tree ] || python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path
+from train_e2e import make_ltcc_tree; make_ltcc_tree(Path('/tmp/e2e_tree'), 9576, 493, 7050)"
+    timeout 150 python3 benchmarks/train_e2e.py --device cuda --tree /tmp/e2e_tree --steps 30 --variants full \
+      --runs-only --loaders dev --no-write 2>&1 | tee "$OUT/issue26_eager.txt" | tail -8
+    TORCH_LOGS="recompiles,graph_breaks,perf_hints" timeout 390 python3 benchmarks/train_e2e.py --device cuda \
+      --tree /tmp/e2e_tree --steps 30 --variants full --runs-only --loaders dev --compile reduce-overhead --no-write 2>&1 \
+      | tee "$OUT/issue26_graphs.txt" | tail -8
+    ;;
   compile-e2e)
     echo "== end-to-end training speed with --compile reduce-overhead (stage 1's text encoder, stage 2's trunk)"
     TORCH_LOGS="recompiles,graph_breaks,perf_hints" timeout 540 python3 benchmarks/train_e2e.py --device cuda --steps 30 --compile reduce-overhead --loaders dev \
@@ -50,6 +63,6 @@ m = scireid.load('/tmp/grun', device='cuda'); f = m.embed(sorted(glob.glob('/tmp
 print('embed', tuple(f.shape), f.dtype, float(f.norm(dim=1).min()), float(f.norm(dim=1).max()))" 2>&1 | tee -a "$OUT/smoke.txt"
     grep -E "stage2 epoch|general|cloth" "$OUT/smoke.txt" | tail -6
     ;;
-  *) echo "unknown part: $part (expected speed, compile, compile-e2e or smoke)"; exit 2 ;;
+  *) echo "unknown part: $part (expected issue26, speed, compile, compile-e2e or smoke)"; exit 2 ;;
   esac
 done

@@ -202,6 +202,9 @@ def main() -> None:
                     "step timed (default, reduce-overhead, ...): the compiled stage-1 text encoder and stage-2 trunk")
     ap.add_argument("--loaders", choices=("both", "pil", "dev"), default="both",
                     help="the end-to-end runs through the PIL loader, with data.device_augment, or both")
+    ap.add_argument("--variants", default="baseline,full", help="comma-separated variants (default baseline,full)")
+    ap.add_argument("--runs-only", action="store_true",
+                    help="only the end-to-end runs and the projection: no loader, bare-trunk or step-alone timings")
     ap.add_argument("--arch", help="another model.arch (e.g. tiny-rn: checks the script in seconds); not for figures")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "TAG", "OUT"), help=argparse.SUPPRESS)
@@ -219,6 +222,7 @@ def main() -> None:
             extra += ("run.compile=true", f"run.compile_mode={a.compile}")
         print(json.dumps(e2e(variant, a.tree, a.device, a.batch, a.steps, a.workers, Path(out), extra, tag)))
         return
+    variants = [v for v in a.variants.split(",") if v]
     gpu = a.device.startswith("cuda")
     batch, steps = a.batch or (64 if gpu else 16), a.steps or (60 if gpu else 4)
     if gpu:
@@ -232,12 +236,13 @@ def main() -> None:
         tree = a.tree or make_ltcc_tree(tmp / "tree", *sizes)
         res: dict[str, dict] = {}
         tags = {"both": ("", "_dev"), "pil": ("",), "dev": ("_dev",)}[a.loaders]
-        for variant in ("baseline", "full"):
+        for i, variant in enumerate(variants):
             cfg = load_config("ltcc", [f"data.root={tree}", "model.weights=none", f"stage2.batch_size={batch}",
                                        f"data.workers={a.workers}", f"run.device={a.device}", *ARCH], variant=variant)
             ds = load_dataset(cfg)
-            r = e2e_fresh(variant, tree, a.device, batch, steps, a.workers, tmp, "step", a.compile)
-            if variant == "baseline":
+            r = {} if a.runs_only else e2e_fresh(variant, tree, a.device, batch, steps, a.workers, tmp, "step",
+                                                 a.compile)
+            if i == 0 and not a.runs_only:  # the loader and the bare trunk do not depend on the variant
                 r["loader"] = loader_rate(cfg, ds, max(steps, 8))
                 dev_cfg = load_config("ltcc", [f"data.root={tree}", "model.weights=none", f"stage2.batch_size={batch}",
                                                f"data.workers={a.workers}", "data.device_augment=true", *ARCH],
@@ -246,33 +251,36 @@ def main() -> None:
                 r["trunk"] = trunk_rate(cfg, ds, a.device, batch, steps)
             for tag in tags:
                 r |= e2e_fresh(variant, tree, a.device, batch, steps, a.workers, tmp, tag, a.compile)
+                r[f"fwd{tag}"] = sizes[0] / r[f"features_s{tag}"]
+                r[f"ltcc_min{tag}"] = ltcc_schedule_minutes(r, tag, sizes[0])
             res[variant] = r
             print(variant, json.dumps(r), flush=True)
-    b, f = res["baseline"], res["full"]
     from eval_speed import cpu_model, publish
     where = torch.cuda.get_device_name(0) if gpu else f"{os.cpu_count()} CPU cores ({cpu_model()}, {platform.machine()})"
     dtype = "bf16 autocast" if gpu else "fp32"
     cmd = ("python benchmarks/train_e2e.py" + (f" --device {a.device}" if gpu else "")
            + (f" --compile {a.compile}" if a.compile else "") + (f" --loaders {a.loaders}" if a.loaders != "both" else "")
-           + (f" --arch {a.arch}" if a.arch else ""))
+           + (f" --variants {a.variants}" if a.variants != "baseline,full" else "")
+           + (" --runs-only" if a.runs_only else "") + (f" --arch {a.arch}" if a.arch else ""))
+    both = "baseline" in res and "full" in res
+    names = {"baseline": "baseline", "full": "SCI"}
     lines = [f"## End-to-end training speed, {'GPU' if gpu else 'CPU'}, {where} ({date.today().isoformat()})", "",
              f"Machine: {where}; torch {torch.__version__}. Command: `{cmd}`. {a.arch or 'RN50'} (random init) at 256x128, batch "
              f"{batch}, {dtype}, {a.workers} loader workers; an LTCC-shaped tree of {sizes[0]:,} / {sizes[1]:,} / "
              f"{sizes[2]:,} random 128x64 images; {steps} stage-2 steps per timed epoch. Images/s.", "",
-             "| measurement | baseline | SCI | SCI over baseline (time) |", "|---|---|---|---|"]
+             "| measurement | " + " | ".join(names.get(v, v) for v in variants)
+             + (" | SCI over baseline (time) |" if both else " |"),
+             "|---|" + "---|" * (len(variants) + both)]
 
-    for r in (b, f):
-        for tag in tags:
-            r[f"fwd{tag}"] = sizes[0] / r[f"features_s{tag}"]
-
-    def row(name: str, key: str, rate: bool = True) -> None:
-        if key not in b:
+    def row(name: str, key: str, rate: bool = True, fmt: str = ",.1f", delta: bool = True) -> None:
+        if not any(key in r for r in res.values()):
             return
-        if key in f:
-            over = b[key] / f[key] if rate else f[key] / b[key]
-            lines.append(f"| {name} | {b[key]:,.1f} | {f[key]:,.1f} | {100 * (over - 1):+.1f}% |")
-        else:
-            lines.append(f"| {name} | {b[key]:,.1f} | — | — |")
+        cells = [format(res[v][key], fmt) if key in res[v] else "—" for v in variants]
+        if both:
+            b, f = res["baseline"].get(key), res["full"].get(key)
+            cells.append("" if not delta else "—" if b is None or f is None
+                         else f"{100 * ((b / f if rate else f / b) - 1):+.1f}%")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     row("loader alone (training transforms)", "loader")
     row("loader alone, `data.device_augment` (decoded once, augmented on the device)", "loader_dev")
     row("bare trunk step (forward, backward, Adam)", "trunk")
@@ -283,15 +291,14 @@ def main() -> None:
         row(f"stage 1 epoch 2, end to end (cached features){how}", f"stage1{tag}")
         row(f"stage 2 epoch 2, end to end (no CAL){how}", f"stage2_no_cal{tag}")
         row(f"stage 2 epoch 3, end to end (CAL in SCI){how}", f"stage2_cal{tag}")
-    for tag, name in (("", "PIL loader"), ("_dev", "`data.device_augment`")):
-        if tag not in tags:
-            continue
-        b[f"ltcc_min{tag}"], f[f"ltcc_min{tag}"] = (ltcc_schedule_minutes(r, tag, sizes[0]) for r in (b, f))
-        row(f"whole LTCC schedule (60 + 120 epochs, 12 evaluations) projected, minutes, {name}", f"ltcc_min{tag}", rate=False)
+    for tag in tags:
+        name = "PIL loader" if tag == "" else "`data.device_augment`"
+        row(f"whole LTCC schedule (60 + 120 epochs, 12 evaluations) projected, minutes, {name}", f"ltcc_min{tag}",
+            rate=False)
     mem = "GPU memory (allocator peak)" if gpu else "peak RSS of the run's own process"
     for tag in tags:
-        loader = "PIL loader" if tag == "" else "`data.device_augment`"
-        lines.append(f"| {mem}, {loader}, GB | {b[f'peak_gb{tag}']:.1f} | {f[f'peak_gb{tag}']:.1f} | |")
+        name = "PIL loader" if tag == "" else "`data.device_augment`"
+        row(f"{mem}, {name}, GB", f"peak_gb{tag}", fmt=".1f", delta=False)
     lines.append("")
     publish(lines, not a.no_write)
 

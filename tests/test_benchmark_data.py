@@ -81,15 +81,24 @@ def test_ltcc_schedule_projection_adds_up_the_preset_s_epochs():
     assert ltcc_schedule_minutes(r, "", 1000) == pytest.approx(seconds / 60)
 
 
-@pytest.mark.slow  # about a minute: a tiny model through the whole benchmark, both stages compiled
+@pytest.mark.slow  # about a minute and a half: a tiny model through the whole benchmark, then compiled
 def test_training_benchmark_runs_end_to_end_with_compile(tmp_path):
-    """What `gpu_check.sh compile-e2e` runs on a GPU, on CPU with a tiny model: every row and the projection."""
+    """What `gpu_check.sh` runs on a GPU, on CPU with a tiny model: every row and the projection for both variants,
+    then the `issue26` part's SCI-only runs under --compile."""
     import subprocess
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_e2e.py"
-    p = subprocess.run([sys.executable, str(script), "--arch", "tiny-rn", "--steps", "2", "--loaders", "dev",
-                        "--compile", "default", "--no-write"], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    table = {ln.split(" | ")[0].lstrip("| "): ln.split(" | ")[1:] for ln in p.stdout.splitlines() if ln.startswith("| ")}
-    assert len([k for k in table if "data.device_augment" in k]) == 7
-    minutes = table["whole LTCC schedule (60 + 120 epochs, 12 evaluations) projected, minutes, `data.device_augment`"]
-    assert float(minutes[0].replace(",", "")) > 0 and float(minutes[1].replace(",", "")) > 0
+
+    def table(*args):
+        p = subprocess.run([sys.executable, str(script), "--arch", "tiny-rn", "--steps", "2", "--loaders", "dev",
+                            "--no-write", *args], capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return {ln.split(" | ")[0].lstrip("| "): [c.strip(" |") for c in ln.split(" | ")[1:]]
+                for ln in p.stdout.splitlines() if ln.startswith("| ")}
+    projection = "whole LTCC schedule (60 + 120 epochs, 12 evaluations) projected, minutes, `data.device_augment`"
+    both = table()
+    assert both["measurement"] == ["baseline", "SCI", "SCI over baseline (time)"]
+    assert len([k for k in both if "data.device_augment" in k]) == 7
+    assert all(float(c.replace(",", "")) > 0 for c in both[projection][:2]) and both[projection][2].endswith("%")
+    sci = table("--variants", "full", "--runs-only", "--compile", "default")
+    assert sci["measurement"] == ["SCI"] and "bare trunk step (forward, backward, Adam)" not in sci
+    assert float(sci[projection][0].replace(",", "")) > 0
