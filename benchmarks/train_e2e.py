@@ -112,24 +112,26 @@ def trunk_rate(cfg, ds, device: str, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - t0)
 
 
-ARCH: list[str] = []  # ``--arch``: a model.arch override in every config (a tiny model checks this script quickly)
+ARCH: str | None = None  # ``--arch``: another model.arch in every config (a tiny model checks this script quickly)
+
+
+def arch_overrides() -> list[str]:
+    return [f"model.arch={ARCH}"] if ARCH else []
 
 
 def step_rate(variant: str, device: str, batch: int, steps: int, compile_mode: str | None = None) -> float:
     from train_step import measure
     return measure(variant, device, batch, steps, warmup=2 if compile_mode is None else 4,
                    compile_=compile_mode is not None, compile_mode=compile_mode or "default",
-                   extra=tuple(ARCH))["img_per_s"]
+                   extra=tuple(arch_overrides()))["img_per_s"]
 
 
 def e2e(variant: str, tree: Path, device: str, batch: int, steps: int, workers: int, out: Path,
         extra: tuple[str, ...] = (), tag: str = "") -> dict:
     """``scireid train`` on the tree, ``steps`` stage-2 steps an epoch; img/s from the run's own metrics."""
+    import scireid.engine.trainer as trainer
     from scireid.config import load_config
     from scireid.engine.engine import read_metrics
-    from scireid.engine.trainer import train
-
-    import scireid.engine.trainer as trainer
 
     run = out / f"e2e-{variant}{tag}"
     feature_pass = trainer.stage1_features
@@ -145,12 +147,12 @@ def e2e(variant: str, tree: Path, device: str, batch: int, steps: int, workers: 
     cfg = load_config("ltcc", [f"data.root={tree}", f"run.out={run}", f"run.device={device}", "model.weights=none",
                                f"stage2.batch_size={batch}", f"data.workers={workers}", "stage1.epochs=2",
                                "stage2.epochs=3", "stage2.cal_start_epoch=2", "stage2.eval_every=0",
-                               f"run.max_steps_per_epoch={steps}", "run.tensorboard=false", *ARCH, *extra],
+                               f"run.max_steps_per_epoch={steps}", "run.tensorboard=false", *arch_overrides(), *extra],
                       variant=variant)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    train(cfg, stage="all")
+    trainer.train(cfg, stage="all")
     rows = {(r["stage"], r["epoch"]): r for r in read_metrics(run / "metrics.jsonl")}
     # the second epoch of each: the first holds the one-time costs (oneDNN's or cuDNN's set-up, torch.compile)
     return {f"stage1{tag}": rows[("stage1", 2)]["img_per_s"], f"stage2_no_cal{tag}": rows[("stage2", 2)]["img_per_s"],
@@ -179,7 +181,7 @@ def e2e_fresh(variant: str, tree: Path, device: str, batch: int, steps: int, wor
     slower on CPU (the allocator's state; peak RSS 5.5 against 3.8 GB), which is the process, not the method."""
     import subprocess
     cmd = [sys.executable, __file__, "--device", device, "--batch", str(batch), "--steps", str(steps), "--workers",
-           str(workers), "--tree", str(tree), "--child", variant, tag or "-", str(out), *(["--arch", ARCH[0][11:]] if ARCH else [])]
+           str(workers), "--tree", str(tree), "--child", variant, tag or "-", str(out), *(["--arch", ARCH] if ARCH else [])]
     if compile_mode:
         cmd += ["--compile", compile_mode]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -209,8 +211,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "TAG", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.arch:
-        ARCH.append(f"model.arch={a.arch}")
+    global ARCH
+    ARCH = a.arch
     if a.child:  # one run in a process of its own (e2e_fresh)
         variant, tag, out = a.child
         if tag == "step":
@@ -238,14 +240,15 @@ def main() -> None:
         tags = {"both": ("", "_dev"), "pil": ("",), "dev": ("_dev",)}[a.loaders]
         for i, variant in enumerate(variants):
             cfg = load_config("ltcc", [f"data.root={tree}", "model.weights=none", f"stage2.batch_size={batch}",
-                                       f"data.workers={a.workers}", f"run.device={a.device}", *ARCH], variant=variant)
+                                       f"data.workers={a.workers}", f"run.device={a.device}", *arch_overrides()],
+                              variant=variant)
             ds = load_dataset(cfg)
             r = {} if a.runs_only else e2e_fresh(variant, tree, a.device, batch, steps, a.workers, tmp, "step",
                                                  a.compile)
             if i == 0 and not a.runs_only:  # the loader and the bare trunk do not depend on the variant
                 r["loader"] = loader_rate(cfg, ds, max(steps, 8))
                 dev_cfg = load_config("ltcc", [f"data.root={tree}", "model.weights=none", f"stage2.batch_size={batch}",
-                                               f"data.workers={a.workers}", "data.device_augment=true", *ARCH],
+                                               f"data.workers={a.workers}", "data.device_augment=true", *arch_overrides()],
                                       variant=variant)
                 r["loader_dev"] = loader_rate(dev_cfg, ds, max(steps, 8), a.device)
                 r["trunk"] = trunk_rate(cfg, ds, a.device, batch, steps)

@@ -57,7 +57,8 @@ class Stage1Task:
         self._order: list[torch.Tensor] = []
         # stage 1 is the text transformer's forward and backward on 64 short prompts: on a GPU, kernel launches.
         # Compiled here, not in the model: the prototypes after stage 1 run the eager encoder (other shapes, no grad)
-        self.text = torch.compile(model.text, mode=cfg.run.compile_mode, dynamic=False) if cfg.run.compile else None
+        self.text = (torch.compile(model.text, mode=cfg.run.compile_mode, dynamic=False) if cfg.run.compile
+                     else model.text)
         self._graphs = graphs_on(cfg)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
