@@ -76,6 +76,11 @@ def test_flops_hand_count():
     L, C, D = 9, 512, 128
     hand = 3 * 2 * L * C * C + 2 * (2 * L * L * C) + 2 * L * C * D
     assert count_flops(v.visual.attnpool, torch.randn(1, C, 4, 2)) == hand
+    # what the model runs (backbone.attention_pool): the first token's query, W_k folded into it per head
+    # (heads x d x C = C x C), scores and pooling against the L raw tokens (2 x heads x L x C), W_v per head, c_proj
+    H = v.visual.attnpool.num_heads
+    hand = 2 * C * C + 2 * C * C + 2 * (2 * H * L * C) + 2 * C * C + 2 * C * D
+    assert count_flops(lambda f: v.pool(f)[1], torch.randn(1, C, 4, 2)) == hand
 
 
 def test_efficiency_table(run):

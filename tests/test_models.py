@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from scireid.errors import WeightsError
 from scireid.models import list_models
-from scireid.models.backbone import ReIDVisual, build_clip, resize_pos_embed
+from scireid.models.backbone import ReIDVisual, attention_pool, build_clip, resize_pos_embed
 from scireid.models.sci import ModelSpec, SCIModel, build_model
 from scireid.models.weights import load_clip_weights, read_state_dict
 
@@ -46,6 +46,27 @@ def test_openclip_state_dict_loads_and_forward_matches(tmp_path, arch):
         expected = ref.encode_image(x)
         got = vis(x)["p"]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch,hw", [("tiny-rn", (64, 32)), ("RN50-quickgelu", (256, 128))])
+def test_attention_pool_equals_open_clip_s_forward_and_gradients(arch, hw):
+    # the re-associated pooling against open_clip's own AttentionPool2d.forward (all tokens projected), float64,
+    # on the ReID grid (non-square, resized positional embedding): output and every gradient
+    torch.manual_seed(0)
+    ap = ReIDVisual(build_clip(arch).visual, *hw).visual.attnpool.double()
+    with torch.no_grad():
+        for prm in ap.parameters():  # biases are zero at init: give every term of the identity something to do
+            prm.normal_(0, prm.shape[-1] ** -0.5)
+    x = torch.randn(3, ap.k_proj.in_features, hw[0] // 16, hw[1] // 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, ap.c_proj.out_features, dtype=torch.float64)
+    grads = []
+    for fn in (ap, lambda f: attention_pool(ap, f)):
+        out = fn(x)
+        g = torch.autograd.grad((out * w).sum(), [x, *ap.parameters()])  # every parameter used (DDP needs it)
+        grads.append((out, *g))
+    names = ["out", "x", *(n for n, _ in ap.named_parameters())]
+    for name, a, b in zip(names, *grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=name)  # k_proj.bias: ~0 in both (it cancels)
 
 
 def test_rn50_reid_shapes_and_param_count():
