@@ -102,3 +102,14 @@ def test_training_benchmark_runs_end_to_end_with_compile(tmp_path):
     sci = table("--variants", "full", "--runs-only", "--compile", "default")
     assert sci["measurement"] == ["SCI"] and "bare trunk step (forward, backward, Adam)" not in sci
     assert float(sci[projection][0].replace(",", "")) > 0
+
+
+def test_step_macs_count_the_non_local_block_forward_and_backward():
+    # SCI's extra multiply-adds per image are SIM's non-local block (four C x C/2 products over N tokens, each once
+    # forward and twice backward: 12 N C C/2) plus its N x N attention and the cross-attention, a little more
+    from train_step import step_macs
+    extra = ("model.arch=tiny-rn",)  # C = 512 at layer4, 16 x 8 = 128 tokens at the preset's 256x128
+    base, sci = step_macs("baseline", extra=extra), step_macs("full", extra=extra)
+    C, N = 512, 128
+    hand = 12 * N * C * (C // 2)
+    assert hand <= sci - base <= 1.3 * hand
