@@ -73,7 +73,7 @@ def step_macs(variant: str, preset: str = "ltcc", extra: tuple[str, ...] = ()) -
     from torch.utils.flop_counter import FlopCounterMode
 
     from scireid.analysis.tables import FLOP_MAPPING
-    model, task, _, batch_t, epoch = setup(variant, "cpu", 4, preset=preset, extra=extra)
+    _, task, _, batch_t, epoch = setup(variant, "cpu", 4, preset=preset, extra=extra)
     with FlopCounterMode(display=False, custom_mapping=FLOP_MAPPING) as fc:
         loss, _, _ = task.step(batch_t, epoch)
         loss.backward()

@@ -69,6 +69,17 @@ def test_attention_pool_equals_open_clip_s_forward_and_gradients(arch, hw):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=name)  # k_proj.bias: ~0 in both (it cancels)
 
 
+def test_attention_pool_runs_under_bf16_autocast_like_open_clip_s():
+    # the GPU recipe trains under autocast: mixed dtypes (bf16 products, an fp32 bias term, fp32 softmax) must work
+    torch.manual_seed(0)
+    ap = ReIDVisual(build_clip("tiny-rn").visual, 64, 32).visual.attnpool
+    x = torch.randn(4, ap.k_proj.in_features, 4, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, ours = ap(x), attention_pool(ap, x)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=0.05, atol=0.02)
+
+
 def test_rn50_reid_shapes_and_param_count():
     torch.manual_seed(0)
     m = SCIModel(ModelSpec("RN50-quickgelu", num_pids=77, num_clothes=256, height=256, width=128)).eval()
