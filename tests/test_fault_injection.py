@@ -145,16 +145,17 @@ def points(n: int, full: bool, ci: int = 3) -> list[int]:
     return sorted({(n + 1) // 2, n, 1}) if ci >= 3 else sorted({(n + 1) // 2, n}) if ci == 2 else [(n + 1) // 2]
 
 
-def killers(strace_in_ci: bool = False):
+CAN_TRACE = bool(STRACE) and subprocess.run([STRACE, "-qq", "-o", os.devnull, "true"]).returncode == 0
+NO_TRACE = "strace is not installed or may not trace here"
+
+
+def killers():
     """Both ways to kill: Python's hooks, and strace where it is installed and may trace (CI containers may
     forbid ptrace). The strace kills are in the slow set (CI's time budget), which ``benchmarks/fault_sweep.py``
-    runs; ``strace_in_ci`` puts a writer's middle strace kill point in CI."""
-    out = [pytest.param(PythonKills, id="python")]
-    marks = [pytest.mark.skipif(not STRACE or subprocess.run([STRACE, "-qq", "-o", os.devnull, "true"]).returncode != 0,
-                                reason="strace is not installed or may not trace here")]
-    if not strace_in_ci:
-        marks.append(pytest.mark.slow)
-    return out + [pytest.param(StraceKills, id="strace", marks=marks)]
+    runs."""
+    return [pytest.param(PythonKills, id="python"),
+            pytest.param(StraceKills, id="strace", marks=[pytest.mark.skipif(not CAN_TRACE, reason=NO_TRACE),
+                                                         pytest.mark.slow])]
 
 
 def sweep(name: str, make_argv, check, tmp_path: Path, prepare=None, killer=PythonKills) -> dict[str, int]:
